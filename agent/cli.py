@@ -1,0 +1,268 @@
+"""campus-agent: run | check | status | tail.
+
+The only module that configures logging and prints. Exit codes: 0 ok, 1 runtime failure,
+2 bad config or usage, 3 agent not running (status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import ssl
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agent import __version__
+from agent.config import DEFAULT_PATH, SiteConfig, load_config
+from agent.errors import ConfigError
+
+EXIT_CONFIG = 2
+EXIT_NOT_RUNNING = 3
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd, journald stamps each line; elsewhere we add the time ourselves.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+
+
+def _load(path: Path) -> SiteConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        n = len(e.problems)
+        print(f"{path}: {n} problem{'s' if n != 1 else ''}:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    print(
+        f"{args.config}: ok ({len(config.buses)} buses, {len(config.devices)} devices, "
+        f"broker {config.mqtt.url})"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.runtime import run_agent
+
+    _setup_logging(args.log_level)
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    return run_agent(config)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min"
+    return f"{seconds / 3600:.1f}h"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.runtime import status_path
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    path = status_path(config)
+    try:
+        doc: dict[str, Any] = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        print(f"agent: not running (no status at {path})")
+        return EXIT_NOT_RUNNING
+    if args.json:
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+    pid = doc.get("pid")
+    running = bool(pid) and _alive(int(pid)) and time.time() - float(doc.get("written", 0)) < 10
+    if args.json:
+        return 0 if running else EXIT_NOT_RUNNING
+    b = doc.get("broker", {})
+    s = doc.get("store", {})
+    head = "running" if running else "NOT RUNNING (last known state below)"
+    print(f"agent:    {head}, version {doc.get('version')}, up {_age(doc.get('uptime'))}")
+    conn = "connected" if b.get("connected") else "DISCONNECTED"
+    err = f" — last error: {b['last_error']}" if b.get("last_error") else ""
+    print(f"broker:   {conn} to {b.get('url')}{err}")
+    print(
+        f"backlog:  {doc.get('backlog')} events waiting, oldest {_age(doc.get('oldest_unsent_age'))}"
+        f"; publishing {doc.get('publish_rate')} events/s"
+    )
+    ev = doc.get("evicted", {})
+    print(
+        "evicted:  "
+        + ", ".join(f"{k} {v}" for k, v in ev.items())
+        + f" (store {s.get('used_bytes', 0) / 1e6:.1f} of {s.get('max_size', 0) / 1e6:.0f} MB)"
+    )
+    ref = doc.get("refused", {})
+    if ref.get("count"):
+        print(f"refused:  {ref['count']} events refused by the broker, last: {ref.get('last')}")
+    if s.get("recovered"):
+        r = s["recovered"]
+        print(f"store:    DAMAGED FILE moved to {r.get('moved_to')} ({r.get('reason')})")
+    if s.get("last_error"):
+        print(f"store:    ERROR {s['last_error']}")
+    if doc.get("last_reload_error"):
+        print("reload:   the last SIGHUP was refused; the old config is running")
+    print("devices:")
+    for dev, st in doc.get("devices", {}).items():
+        state = {True: "online", False: "OFFLINE", None: "unknown"}[st.get("online")]
+        reason = f" ({st['reason']})" if st.get("reason") else ""
+        print(f"  {dev:24} {state}{reason}")
+    return 0 if running else EXIT_NOT_RUNNING
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe(topic: str, payload: bytes) -> str:
+    """One readable line for an event or status message, as the district sees it."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return f"{topic} <{len(payload)} bytes, not JSON>"
+    if not isinstance(doc, dict):
+        return f"{topic} {payload[:80]!r}"
+    parts = topic.split("/")
+    if topic.endswith("/status"):
+        return (
+            f"status    {doc.get('state')} backlog={doc.get('backlog')} "
+            f"rate={doc.get('publish_rate')}/s"
+        )
+    kind = doc.get("kind") or (parts[-2] if len(parts) >= 2 else "?")
+    who = f"{doc.get('category', '?')}/{doc.get('device', parts[-1])}"
+    head = f"{kind:9} {who:24} seq={doc.get('seq')} {doc.get('ts', '')}"
+    if kind == "telemetry":
+        units = doc.get("units", {})
+        vals = " ".join(f"{k}={v}{units.get(k, '')}" for k, v in doc.get("values", {}).items())
+        q = doc.get("quality")
+        return f"{head} {vals}" + (f" quality={q}" if q != "good" else "")
+    if kind == "alarm":
+        zone = f" zone={doc['zone']}" if "zone" in doc else ""
+        return f"{head} {doc.get('alarm')} {str(doc.get('state')).upper()} {doc.get('severity')}{zone}"
+    if kind == "state":
+        rest = {k: v for k, v in doc.items() if k not in _ENVELOPE}
+        return f"{head} " + " ".join(f"{k}={v}" for k, v in rest.items())
+    if kind == "audit":
+        c = doc.get("command", {})
+        return f"{head} command {c.get('action')} -> {c.get('result')} ({c.get('reason')})"
+    if "cmd-reply" in parts:
+        return f"reply     {parts[-1]:24} id={doc.get('id')} {doc.get('result')}: {doc.get('reason')}"
+    return f"{head} {payload[:120]!r}"
+
+
+_ENVELOPE = {"v", "id", "seq", "ts", "school", "gateway", "device", "category", "profile", "kind"}
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    m = config.mqtt
+    base = f"{config.agent.topic_prefix}/{config.agent.school}/{config.agent.gateway}"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"{config.agent.school}.{config.agent.gateway}.tail-{os.getpid()}",
+        protocol=mqtt.MQTTv5,
+    )
+    if m.username:
+        client.username_pw_set(m.username, config.password())
+    if m.address.tls:
+        ctx = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
+        if m.cert_file and m.key_file:
+            ctx.load_cert_chain(str(m.cert_file), str(m.key_file))
+        client.tls_set_context(ctx)
+    seen = 0
+
+    def on_connect(c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
+        if rc.is_failure:
+            print(f"broker refused: {rc}", file=sys.stderr)
+            c.disconnect()
+            return
+        c.subscribe(f"{base}/#", qos=1)
+        print(f"tail: listening on {base}/# at {m.url}", file=sys.stderr, flush=True)
+
+    def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        nonlocal seen
+        if args.kind and f"/{args.kind}/" not in msg.topic:
+            return
+        if args.raw:
+            print(msg.topic, msg.payload.decode(errors="replace"), flush=True)
+        else:
+            print(describe(msg.topic, msg.payload), flush=True)
+        seen += 1
+        if args.count and seen >= args.count:
+            c.disconnect()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(m.address.host, m.address.port, keepalive=30)
+        client.loop_forever()
+    except KeyboardInterrupt:
+        return 0
+    except OSError as e:
+        print(f"cannot reach {m.url}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="campus-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", type=Path, default=DEFAULT_PATH, help="site config (agent.toml)")
+        return p
+
+    p = add("run", "run the agent")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(fn=cmd_run)
+    add("check", "validate the config and every profile it names").set_defaults(fn=cmd_check)
+    p = add("status", "show the running agent's state (broker, backlog, devices)")
+    p.add_argument("--json", action="store_true", help="print the whole status document")
+    p.set_defaults(fn=cmd_status)
+    p = add("tail", "print this gateway's events as the district sees them")
+    p.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    p.add_argument("--kind", help="only this kind (telemetry, alarm, access, state, audit)")
+    p.add_argument("--raw", action="store_true", help="print topic and JSON payload")
+    p.set_defaults(fn=cmd_tail)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.fn(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

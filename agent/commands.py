@@ -1,0 +1,265 @@
+"""Commands from the district: validate, authorize, route to a driver, reply, audit.
+
+Only actions that the device's profile declares AND the site's allowlist names are carried
+out; expired and replayed requests are refused (replays are remembered in the store, so
+across restarts). Every outcome gets a reply with a reason, a counter, and an audit event.
+This module never talks to a device itself: it calls the driver's `act`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.config import SiteConfig
+from agent.errors import ActionError
+from agent.events import Kind, NewEvent, rfc3339
+from agent.profiles import Action
+from agent.sample import BoundDevice, Value
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD = 16 * 1024
+ACTION_TIMEOUT = 15.0
+
+
+class CommandRequest(BaseModel):
+    """The JSON a district sends on campus/v1/{school}/{gateway}/cmd/{device}."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    action: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
+    args: dict[str, Any] = Field(default_factory=dict)
+    ts: datetime
+    expires: datetime | None = None
+
+
+class Rejected(Exception):  # noqa: N818 - a control-flow outcome, not an error condition
+    """A command refused for a reason the district is told."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass
+class Outcome:
+    result: str  # ok | rejected | failed
+    code: str
+    detail: str
+    data: Mapping[str, Value] | None = None
+
+
+ActFn = Callable[[BoundDevice, str, Mapping[str, Any]], Awaitable[Mapping[str, Value]]]
+Remember = Callable[[str, float], Awaitable[bool]]
+
+
+def check_args(action: Action, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a command's args against the profile's declaration."""
+    out: dict[str, Any] = {}
+    for name in args:
+        if name not in action.args:
+            raise Rejected("bad_args", f"unknown argument {name!r} for action {action.name!r}")
+    types: dict[str, tuple[type, ...]] = {
+        "bool": (bool,),
+        "int": (int,),
+        "float": (int, float),
+        "str": (str,),
+    }
+    for name, spec in action.args.items():
+        if name not in args:
+            if spec.required:
+                raise Rejected("bad_args", f"missing argument {name!r}")
+            continue
+        value = args[name]
+        ok = isinstance(value, types[spec.type]) and not (
+            spec.type in ("int", "float") and isinstance(value, bool)
+        )
+        if not ok:
+            raise Rejected("bad_args", f"argument {name!r} must be {spec.type}")
+        if isinstance(value, str) and len(value) > spec.max_length:
+            raise Rejected("bad_args", f"argument {name!r} longer than {spec.max_length}")
+        out[name] = value
+    return out
+
+
+class CommandRouter:
+    """Handles one command message at a time per device, from receipt to audit event."""
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        *,
+        act: ActFn,
+        remember: Remember,
+        reply: Callable[[str, bytes, Properties | None], bool],
+        record: Callable[[NewEvent], None],
+    ) -> None:
+        self.config = config
+        self._act = act
+        self._remember = remember
+        self._reply = reply
+        self._record = record
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+        self.failed = 0
+        self._base = f"{config.agent.topic_prefix}/{config.agent.school}/{config.agent.gateway}"
+
+    def reconfigure(self, config: SiteConfig) -> None:
+        """Use a reloaded config (devices and allowlist) from now on."""
+        self.config = config
+
+    def status(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "failed": self.failed, "rejected": dict(self.rejected)}
+
+    async def handle(self, topic: str, payload: bytes, props: Properties | None) -> None:
+        """Process one message from the command topic."""
+        device_id = topic.rsplit("/", 1)[-1]
+        req: CommandRequest | None = None
+        device: BoundDevice | None = None
+        try:
+            req = self._parse(payload)
+            device = self.config.device(device_id)
+            outcome = await self._authorize_and_run(req, device, device_id)
+        except Rejected as r:
+            outcome = Outcome("rejected", r.code, r.detail)
+        if outcome.result == "ok":
+            self.accepted += 1
+        elif outcome.result == "failed":
+            self.failed += 1
+        else:
+            self.rejected[outcome.code] += 1
+        log.info(
+            "command %s: device=%r action=%r id=%r code=%s",
+            outcome.result,
+            device_id,
+            req.action if req else None,
+            req.id if req else None,
+            outcome.code,
+        )
+        self._send_reply(device_id, req, outcome, props)
+        self._audit(device, device_id, req, outcome)
+
+    def _parse(self, payload: bytes) -> CommandRequest:
+        if len(payload) > MAX_PAYLOAD:
+            raise Rejected("too_large", f"command larger than {MAX_PAYLOAD} bytes")
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise Rejected("malformed", "payload is not JSON") from None
+        if not isinstance(doc, dict):
+            raise Rejected("malformed", "payload must be a JSON object")
+        try:
+            return CommandRequest.model_validate(doc)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise Rejected("invalid", f"{where}: {first['msg']}") from None
+
+    async def _authorize_and_run(
+        self, req: CommandRequest, device: BoundDevice | None, device_id: str
+    ) -> Outcome:
+        if device is None:
+            raise Rejected("unknown_device", f"no device {device_id!r} on this gateway")
+        action = device.profile.action(req.action)
+        if action is None:
+            raise Rejected(
+                "unsupported",
+                f"profile {device.profile.id!r} declares no action {req.action!r}",
+            )
+        allow = self.config.commands.allow
+        if (
+            f"{device.profile.category}.{req.action}" not in allow
+            and f"{device.id}.{req.action}" not in allow
+        ):
+            raise Rejected("not_allowed", f"action {req.action!r} is not allowlisted on this site")
+        args = check_args(action, req.args)
+        now = time.time()
+        issued = req.ts.timestamp()
+        max_age = self.config.commands.max_age
+        skew = self.config.commands.clock_skew
+        if issued > now + skew:
+            raise Rejected("from_future", "command timestamp is in the future")
+        if req.expires is not None and req.expires.timestamp() < now:
+            raise Rejected("expired", "command expired before it arrived")
+        if now - issued > max_age:
+            raise Rejected("expired", f"command older than {max_age:g}s")
+        keep_until = max(issued + max_age + skew, req.expires.timestamp() if req.expires else 0)
+        if not await self._remember(req.id, keep_until):
+            raise Rejected("replayed", f"command id {req.id!r} was already received")
+        try:
+            data = await asyncio.wait_for(self._act(device, req.action, args), ACTION_TIMEOUT)
+        except ActionError as e:
+            return Outcome("failed", "action_failed", str(e))
+        except TimeoutError:
+            return Outcome("failed", "timeout", f"device did not complete in {ACTION_TIMEOUT:g}s")
+        return Outcome("ok", "ok", "done", data)
+
+    def _send_reply(
+        self,
+        device_id: str,
+        req: CommandRequest | None,
+        outcome: Outcome,
+        props: Properties | None,
+    ) -> None:
+        doc: dict[str, Any] = {
+            "v": 1,
+            "id": req.id if req else None,
+            "device": device_id,
+            "action": req.action if req else None,
+            "result": outcome.result,
+            "code": outcome.code,
+            "reason": outcome.detail,
+            "ts": rfc3339(time.time()),
+        }
+        if outcome.data:
+            doc["data"] = dict(outcome.data)
+        body = orjson.dumps(doc)
+        safe_device = device_id if self.config.device(device_id) else "_unknown"
+        self._reply(f"{self._base}/cmd-reply/{safe_device}", body, None)
+        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        if response_topic:
+            out = Properties(PacketTypes.PUBLISH)
+            corr = getattr(props, "CorrelationData", None)
+            if corr:
+                out.CorrelationData = corr
+            self._reply(str(response_topic), body, out)
+
+    def _audit(
+        self,
+        device: BoundDevice | None,
+        device_id: str,
+        req: CommandRequest | None,
+        outcome: Outcome,
+    ) -> None:
+        command: dict[str, Any] = {
+            "id": req.id if req else None,
+            "action": req.action if req else None,
+            "result": outcome.result,
+            "code": outcome.code,
+            "reason": outcome.detail,
+        }
+        if device is None:
+            command["requested_device"] = device_id[:64]
+        self._record(
+            NewEvent(
+                kind=Kind.AUDIT,
+                device=device.id if device else self.config.agent.gateway,
+                category=device.profile.category if device else "gateway",
+                profile=device.profile.id if device else "gateway",
+                ts=time.time(),
+                body={"command": command},
+            )
+        )

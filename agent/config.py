@@ -1,0 +1,396 @@
+"""The site config (agent.toml): typed, validated models and the `check` messages.
+
+Every problem is reported at once, each naming the file, the entry and what to do. Unknown
+keys are errors. This module reads files; it never opens a port or a connection.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from agent import registry
+from agent.errors import ConfigError, Problem, ProfileError
+from agent.profiles import (
+    ID_PATTERN,
+    Profile,
+    load_profile_file,
+    parse_profile,
+    pydantic_problems,
+    shipped_profiles,
+)
+from agent.sample import BoundDevice, BusSpec
+from agent.units import parse_duration, parse_size
+
+DEFAULT_PATH = Path("/etc/campus-agent/agent.toml")
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+TOPIC_SAFE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Strict):
+    school: str = Field(pattern=TOPIC_SAFE)
+    gateway: str = Field(pattern=TOPIC_SAFE)
+    topic_prefix: str = "campus/v1"
+    status_interval: Duration = 30.0
+    drain_timeout: Duration = 5.0
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+            raise ValueError(f"{v!r} is not a topic prefix: no '+', '#', or leading/trailing '/'")
+        return v
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is, parsed from the config's URL."""
+
+    tls: bool
+    host: str
+    port: int
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """mqtt://host:1883, mqtts://host:8883, mqtt://[::1]:1883 -> BrokerAddress."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(
+            f"{url!r}: the broker URL must start with mqtt:// or mqtts:// "
+            "(e.g. 'mqtts://broker.example:8883')"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{url!r}: the port is not a number between 1 and 65535") from None
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"{url!r}: no host; write mqtts://HOST:PORT (IPv6 as [::1])")
+    if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
+        raise ValueError(
+            f"{url!r}: only scheme, host and port belong in the URL; "
+            "put credentials in username/password_file"
+        )
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(tls=tls, host=host, port=port or (8883 if tls else 1883))
+
+
+class MqttSection(_Strict):
+    url: str
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    keepalive: Duration = 30.0
+    connect_timeout: Duration = 10.0
+    window: int = Field(default=200, ge=1, le=10000)
+    reconnect_min: Duration = 1.0
+    reconnect_max: Duration = 60.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parse_broker_url(v)
+        return v
+
+    @property
+    def address(self) -> BrokerAddress:
+        return parse_broker_url(self.url)
+
+
+class StoreSection(_Strict):
+    path: Path = Path("/var/lib/campus-agent/outbox.db")
+    max_size: Size = 512 * 1024**2
+    commit_interval: Duration = 0.005
+    synchronous: Literal["full", "normal"] = "full"
+
+    @field_validator("max_size")
+    @classmethod
+    def _min_size(cls, v: int) -> int:
+        if v < 256 * 1024:
+            raise ValueError("max_size must be at least 256KiB (e.g. '512MiB')")
+        return v
+
+
+class PrivacySection(_Strict):
+    card_id: Literal["hash", "raw"] = "hash"
+    card_key_file: Path | None = None
+
+
+class CommandsSection(_Strict):
+    allow: list[str] = Field(default_factory=list)
+    max_age: Duration = 300.0
+    clock_skew: Duration = 30.0
+
+
+class _BusBase(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: str = Field(pattern=ID_PATTERN)
+    driver: str
+
+
+class _DeviceBase(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    id: str = Field(pattern=ID_PATTERN)
+    profile: str | dict[str, Any]
+    bus: str
+    address: int | str | None = None
+    location: dict[str, str | int] = Field(default_factory=dict)
+    poll_interval: Duration | None = None
+
+
+class _Site(_Strict):
+    agent: AgentSection
+    mqtt: MqttSection
+    store: StoreSection = StoreSection()
+    privacy: PrivacySection = PrivacySection()
+    commands: CommandsSection = CommandsSection()
+    profile_dirs: list[Path] = Field(default_factory=list)
+    buses: list[_BusBase] = Field(default_factory=list)
+    devices: list[_DeviceBase] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """A validated site config, with every device's profile and driver options resolved."""
+
+    path: Path
+    agent: AgentSection
+    mqtt: MqttSection
+    store: StoreSection
+    privacy: PrivacySection
+    commands: CommandsSection
+    buses: tuple[BusSpec, ...]
+    devices: tuple[BoundDevice, ...]
+
+    def device(self, device_id: str) -> BoundDevice | None:
+        """The device with this id, or None."""
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        return None
+
+    def password(self) -> str | None:
+        """The broker password, from its file or environment variable (never logged)."""
+        if self.mqtt.password_file is not None:
+            return self.mqtt.password_file.read_text(encoding="utf-8").strip()
+        if self.mqtt.password_env is not None:
+            return os.environ.get(self.mqtt.password_env)
+        return None
+
+
+def _one_of(names: list[str]) -> str:
+    return ", ".join(names) if names else "(none)"
+
+
+def _resolve_path(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else (base / p)
+
+
+class _Checker:
+    """Collects every problem in one pass over a config."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = str(path)
+        self.problems: list[Problem] = []
+
+    def add(self, entry: str, message: str) -> None:
+        self.problems.append(Problem(self.file, entry, message))
+
+    def check_files(self, site: _Site, base: Path) -> None:
+        m = site.mqtt
+        for key in ("ca_file", "cert_file", "key_file", "password_file"):
+            value = getattr(m, key)
+            if value is not None and not _resolve_path(base, value).is_file():
+                self.add(f"mqtt.{key}", f"file {str(value)!r} does not exist or is not a file")
+        if m.password_file is not None and m.password_env is not None:
+            self.add("mqtt.password_env", "give password_file or password_env, not both")
+        if (m.cert_file is None) != (m.key_file is None):
+            self.add("mqtt.cert_file", "a client certificate needs both cert_file and key_file")
+        if (m.cert_file or m.ca_file) and not m.address.tls:
+            self.add("mqtt.url", "TLS files are set but the URL is mqtt://; use mqtts://")
+        if m.reconnect_min > m.reconnect_max:
+            self.add("mqtt.reconnect_min", "must not be larger than reconnect_max")
+        if m.password_env is not None and m.password_env not in os.environ:
+            self.add(
+                "mqtt.password_env",
+                f"environment variable {m.password_env!r} is not set in this environment",
+            )
+        pk = site.privacy
+        if pk.card_id == "hash" and pk.card_key_file is not None:
+            if not _resolve_path(base, pk.card_key_file).is_file():
+                self.add("privacy.card_key_file", f"file {str(pk.card_key_file)!r} does not exist")
+
+    def profile_for(
+        self, entry: str, ref: str | dict[str, Any], base: Path, dirs: list[Path]
+    ) -> Profile | None:
+        try:
+            if isinstance(ref, dict):
+                return parse_profile(ref, f"{self.file}: {entry}")
+            if ref.endswith(".toml") or "/" in ref:
+                return load_profile_file(_resolve_path(base, Path(ref)))
+            known: dict[str, Path] = {}
+            for d in dirs:
+                known.update(shipped_profiles(d))
+            known.update(shipped_profiles())
+            if ref not in known:
+                self.add(
+                    entry, f"profile {ref!r} not found (known: {_one_of(sorted(known))}); "
+                    "give a shipped id or a path to a .toml file"
+                )
+                return None
+            return load_profile_file(known[ref])
+        except ProfileError as e:
+            self.problems.extend(e.problems)
+            return None
+
+    def driver_options(
+        self, entry: str, model: type[BaseModel], extra: dict[str, Any]
+    ) -> BaseModel | None:
+        try:
+            return model.model_validate(extra)
+        except ValidationError as e:
+            self.problems.extend(pydantic_problems(self.file, e, prefix=entry))
+            return None
+
+
+def _extras(model: BaseModel) -> dict[str, Any]:
+    return dict(model.model_extra or {})
+
+
+def load_config(path: Path | str) -> SiteConfig:
+    """Read, validate and resolve a site config; raise ConfigError listing every problem."""
+    path = Path(path)
+    c = _Checker(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([Problem(str(path), "", "file not found")]) from None
+    except OSError as e:
+        raise ConfigError([Problem(str(path), "", f"cannot read: {e.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(str(path), "", "not UTF-8 text")]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([Problem(str(path), "", f"not valid TOML: {e}")]) from None
+    try:
+        site = _Site.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(pydantic_problems(str(path), e)) from None
+
+    base = path.parent
+    c.check_files(site, base)
+    dirs = [_resolve_path(base, d) for d in site.profile_dirs]
+
+    buses: list[BusSpec] = []
+    bus_drivers: dict[str, Any] = {}
+    for i, b in enumerate(site.buses):
+        entry = f"buses[{i}]"
+        if b.id in bus_drivers:
+            c.add(f"{entry}.id", f"duplicate bus id {b.id!r}; bus ids must be unique")
+            continue
+        cls = registry.driver_class(b.driver)
+        if cls is None:
+            c.add(
+                f"{entry}.driver",
+                f"unknown driver {b.driver!r}; drivers are: {_one_of(registry.driver_keys())}",
+            )
+            bus_drivers[b.id] = None
+            continue
+        bus_drivers[b.id] = cls
+        opts = c.driver_options(entry, cls.bus_model, _extras(b))
+        if opts is not None:
+            buses.append(BusSpec(id=b.id, driver=b.driver, options=opts))
+
+    devices: list[BoundDevice] = []
+    seen: set[str] = set()
+    for i, d in enumerate(site.devices):
+        entry = f"devices[{i}]"
+        if d.id in seen:
+            c.add(f"{entry}.id", f"duplicate device id {d.id!r}; device ids must be unique")
+            continue
+        seen.add(d.id)
+        if d.bus not in bus_drivers:
+            c.add(
+                f"{entry}.bus",
+                f"no bus named {d.bus!r}; buses are: {_one_of([b.id for b in site.buses])}",
+            )
+            continue
+        profile = c.profile_for(f"{entry}.profile", d.profile, base, dirs)
+        cls = bus_drivers[d.bus]
+        if profile is None or cls is None:
+            continue
+        if profile.driver != cls.profile_driver:
+            c.add(
+                f"{entry}.profile",
+                f"profile {profile.id!r} is for {profile.driver!r} devices, but bus {d.bus!r} "
+                f"uses driver {cls.key!r}; put the device on a {profile.driver} bus",
+            )
+            continue
+        opts = c.driver_options(entry, cls.device_model, _extras(d))
+        if opts is None:
+            continue
+        devices.append(
+            BoundDevice(
+                id=d.id,
+                profile=profile,
+                bus=d.bus,
+                address=d.address,
+                poll_interval=d.poll_interval or profile.defaults.poll_interval,
+                location=dict(d.location),
+                options=opts,
+            )
+        )
+
+    known_actions = sorted(
+        {f"{d.profile.category}.{a.name}" for d in devices for a in d.profile.actions}
+        | {f"{d.id}.{a.name}" for d in devices for a in d.profile.actions}
+    )
+    for i, rule in enumerate(site.commands.allow):
+        if rule not in known_actions:
+            c.add(
+                f"commands.allow[{i}]",
+                f"{rule!r} matches no action of a configured device; "
+                f"actions are: {_one_of(known_actions)}",
+            )
+
+    if c.problems:
+        raise ConfigError(c.problems)
+    mqtt = site.mqtt.model_copy(
+        update={
+            k: _resolve_path(base, getattr(site.mqtt, k))
+            for k in ("ca_file", "cert_file", "key_file", "password_file")
+            if getattr(site.mqtt, k) is not None
+        }
+    )
+    store = site.store.model_copy(update={"path": _resolve_path(base, site.store.path)})
+    privacy = site.privacy
+    if privacy.card_key_file is not None:
+        privacy = privacy.model_copy(
+            update={"card_key_file": _resolve_path(base, privacy.card_key_file)}
+        )
+    return SiteConfig(
+        path=path,
+        agent=site.agent,
+        mqtt=mqtt,
+        store=store,
+        privacy=privacy,
+        commands=site.commands,
+        buses=tuple(buses),
+        devices=tuple(devices),
+    )

@@ -1,0 +1,56 @@
+"""The agent's small family of typed errors.
+
+Each error carries the facts a facilities engineer needs to act (file, entry, fix). They are
+raised where the failure happens and caught once, at the supervisor or the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a config or profile file."""
+
+    file: str
+    entry: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.entry}: " if self.entry else f"{self.file}: "
+        return where + self.message
+
+
+@dataclass
+class ConfigError(AgentError):
+    """A site config (or a profile it names) is not usable; lists every problem found."""
+
+    problems: list[Problem] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+class ProfileError(ConfigError):
+    """A device profile file is not usable."""
+
+
+class DriverError(AgentError):
+    """A driver cannot talk to its bus or device; the runtime restarts it with backoff."""
+
+
+class DeviceTimeoutError(DriverError):
+    """A device did not answer in time."""
+
+
+class ActionError(AgentError):
+    """A device action (command) failed; the reason is sent back to the district."""
+
+
+class StoreError(AgentError):
+    """The local outbox cannot be used (disk full, permissions)."""

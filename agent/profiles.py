@@ -1,0 +1,172 @@
+"""Device profiles: TOML data files that say what a device model reports and what it can do.
+
+A profile holds no code and no instance data (no addresses). Loading validates every field
+and names the file and the field on error. This module never talks to a device.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from agent.errors import Problem, ProfileError
+from agent.units import parse_duration
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Category = Literal[
+    "env", "energy", "fence", "intrusion", "card", "classboard", "ble", "node", "test"
+]
+Severity = Literal["critical", "major", "minor", "info"]
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Strict):
+    poll_interval: Duration = 10.0
+
+
+class Point(_Strict):
+    """One named value of a device."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["telemetry", "alarm", "state"] = "telemetry"
+    unit: str | None = None
+    severity: Severity = "major"  # for alarm points
+    zone: str | None = None  # for alarm points: the zone a district operator sees
+    scale: float = 1.0
+    offset: float = 0.0
+    # Driver-specific addressing, validated by the driver that reads it.
+    reg: dict[str, Any] | None = Field(default=None, alias="register")
+    synthetic: dict[str, Any] | None = None
+
+
+class ActionArg(_Strict):
+    type: Literal["bool", "int", "float", "str"]
+    required: bool = True
+    max_length: int = 256
+
+
+class Action(_Strict):
+    """Something the district may ask the device to do, if the site allowlists it."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    args: dict[str, ActionArg] = Field(default_factory=dict)
+    # Driver-specific: what the action writes.
+    reg: dict[str, Any] | None = Field(default=None, alias="register")
+
+
+class Profile(_Strict):
+    """A device model."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    vendor: str
+    model: str
+    aliases: list[str] = Field(default_factory=list)
+    category: Category
+    driver: str
+    source: str = Field(min_length=1)
+    defaults: Defaults = Defaults()
+    points: list[Point] = Field(min_length=1)
+    actions: list[Action] = Field(default_factory=list)
+
+    def point(self, name: str) -> Point | None:
+        """The point called `name`, or None."""
+        for p in self.points:
+            if p.name == name:
+                return p
+        return None
+
+    def action(self, name: str) -> Action | None:
+        """The action called `name`, or None."""
+        for a in self.actions:
+            if a.name == name:
+                return a
+        return None
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    """('devices', 2, 'bus') -> 'devices[2].bus'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def pydantic_problems(file: str, err: ValidationError, prefix: str = "") -> list[Problem]:
+    """Turn pydantic's errors into one Problem each, naming the entry and saying what to do."""
+    problems = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if p != "function-after")
+        entry = format_loc(tuple(x for x in loc if isinstance(x, int | str)))
+        if prefix:
+            entry = prefix + ("." + entry if entry and not entry.startswith("[") else entry)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r}; remove it or check its spelling"
+        elif kind == "missing":
+            msg = "missing: this key is required"
+        elif kind == "literal_error":
+            expected = e.get("ctx", {}).get("expected", "")
+            msg = f"{e['input']!r} is not allowed; use one of {expected}"
+        elif kind == "string_pattern_mismatch":
+            msg = f"{e['input']!r} is not allowed here: use lowercase letters, digits and '-' or '_'"
+        else:
+            msg = str(e["msg"]).removeprefix("Value error, ")
+        problems.append(Problem(file, entry, msg))
+    return problems
+
+
+def parse_profile(data: dict[str, Any], file: str) -> Profile:
+    """Validate a profile's data; raise ProfileError naming file and field."""
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as e:
+        raise ProfileError(pydantic_problems(file, e)) from None
+    problems = []
+    seen: set[str] = set()
+    for i, p in enumerate(profile.points):
+        if p.name in seen:
+            problems.append(Problem(file, f"points[{i}].name", f"duplicate point {p.name!r}"))
+        seen.add(p.name)
+    seen.clear()
+    for i, a in enumerate(profile.actions):
+        if a.name in seen:
+            problems.append(Problem(file, f"actions[{i}].name", f"duplicate action {a.name!r}"))
+        seen.add(a.name)
+    if problems:
+        raise ProfileError(problems)
+    return profile
+
+
+def load_profile_file(path: Path) -> Profile:
+    """Load and validate one profile file; the file stem must be the profile id."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ProfileError([Problem(str(path), "", f"cannot read: {e.strerror}")]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError([Problem(str(path), "", f"not valid TOML: {e}")]) from None
+    profile = parse_profile(data, str(path))
+    if path.stem != profile.id:
+        raise ProfileError(
+            [Problem(str(path), "id", f"id {profile.id!r} must match the file name {path.stem!r}")]
+        )
+    return profile
+
+
+def shipped_profiles(directory: Path = PROFILES_DIR) -> dict[str, Path]:
+    """Profile id -> file, for every profile shipped in device_profiles/."""
+    return {p.stem: p for p in sorted(directory.rglob("*.toml"))}

@@ -1,0 +1,34 @@
+"""Driver lookup by the config's `driver` value, through the `campus_agent.drivers` entry points.
+
+The core never imports a driver module by name; a new driver is one line in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from agent.sample import Driver
+
+GROUP = "campus_agent.drivers"
+
+
+@cache
+def _entry_points() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def driver_keys() -> list[str]:
+    """Every driver key this installation knows, sorted."""
+    return sorted(_entry_points())
+
+
+@cache
+def driver_class(key: str) -> type[Driver] | None:
+    """The driver class registered under `key`, or None."""
+    ep = _entry_points().get(key)
+    if ep is None:
+        return None
+    return cast("type[Driver]", ep.load())  # type: ignore[attr-defined]

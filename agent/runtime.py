@@ -1,0 +1,402 @@
+"""The agent process: supervision of drivers, the pipeline's wiring, signals and status.
+
+One supervised task per bus; a failing driver is restarted with backoff and its devices
+reported offline, then online again. SIGTERM drains in-flight work and exits 0; SIGHUP
+reloads the config without losing a stored event (a bad new config is refused and the
+old one keeps running). This module never imports a driver by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agent import __version__, registry
+from agent.commands import CommandRouter
+from agent.config import SiteConfig, load_config
+from agent.errors import ActionError, ConfigError
+from agent.events import ClockState, NewEvent, Origin
+from agent.points import DevicePoints
+from agent.publisher import Publisher
+from agent.sample import BoundDevice, BusSpec, Driver, Sample, Value
+from agent.store import Store
+
+log = logging.getLogger(__name__)
+
+RESTART_MIN = 1.0
+RESTART_MAX = 60.0
+
+
+def status_path(config: SiteConfig) -> Path:
+    """Where the running agent writes its local status (read by `campus-agent status`)."""
+    return config.store.path.with_name(config.store.path.name + ".status.json")
+
+
+@dataclass
+class DeviceState:
+    online: bool | None = None
+    since: float = field(default_factory=time.time)
+    reason: str = ""
+
+
+class _Sink:
+    """The DeviceSink one bus's driver writes to."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    async def sample(self, sample: Sample) -> None:
+        a = self.agent
+        points = a.points.get(sample.device)
+        if points is None:
+            return
+        state = a.devices.get(sample.device)
+        if state is not None and state.online is not True:
+            a.set_available(sample.device, online=True, reason="")
+        for ev in points.events(sample):
+            await a.store.add_wait(ev)
+
+    async def availability(
+        self, device: str, *, online: bool, reason: str = "", info: Mapping[str, Value] | None = None
+    ) -> None:
+        self.agent.set_available(device, online=online, reason=reason, info=dict(info or {}))
+
+
+class Agent:
+    """Wires config, store, publisher, drivers and commands together; runs until stopped."""
+
+    def __init__(self, config: SiteConfig) -> None:
+        self.config = config
+        self.origin = Origin(config.agent.topic_prefix, config.agent.school, config.agent.gateway)
+        self.started = time.time()
+        self.store = Store(
+            config.store.path,
+            self.origin,
+            max_size=config.store.max_size,
+            commit_interval=config.store.commit_interval,
+            synchronous=config.store.synchronous,
+            clock=ClockState("auto"),
+        )
+        self.router = CommandRouter(
+            config,
+            act=self._act,
+            remember=self.store.remember_command,
+            reply=self._reply,
+            record=self.store.add,
+        )
+        self.publisher = Publisher(
+            config.mqtt,
+            self.origin,
+            self.store,
+            password=config.password(),
+            status=self.public_status,
+            on_command=self.router.handle,
+        )
+        self.points: dict[str, DevicePoints] = {}
+        self.devices: dict[str, DeviceState] = {}
+        self.drivers: dict[str, Driver] = {}
+        self.bus_tasks: dict[str, asyncio.Task[None]] = {}
+        self.restarts: Counter[str] = Counter()
+        self.reloads = 0
+        self.last_reload_error: str | None = None
+        self._stop = asyncio.Event()
+        self._status_dirty = False
+
+    # ---- devices -----------------------------------------------------------------
+
+    def set_available(
+        self, device: str, *, online: bool, reason: str, info: dict[str, Value] | None = None
+    ) -> None:
+        """Record a device's availability; emit a state event when it changes."""
+        st = self.devices.get(device)
+        points = self.points.get(device)
+        if st is None or points is None or st.online is online:
+            return
+        st.online, st.since, st.reason = online, time.time(), reason
+        if online:
+            log.info("device online: device=%s", device)
+        else:
+            log.warning("device offline: device=%s reason=%s", device, reason)
+        self.store.add(points.availability(time.time(), online=online, reason=reason, info=info or {}))
+        self._status_dirty = True
+
+    def _bind(self, devices: Sequence[BoundDevice]) -> None:
+        for d in devices:
+            if d.id not in self.points or self.points[d.id].device != d:
+                self.points[d.id] = DevicePoints(d)
+            self.devices.setdefault(d.id, DeviceState())
+
+    async def _supervise(self, bus: BusSpec, devices: tuple[BoundDevice, ...]) -> None:
+        cls = registry.driver_class(bus.driver)
+        if cls is None:  # checked at load; kept for a driver uninstalled under us
+            log.error("no driver %r for bus %s", bus.driver, bus.id)
+            return
+        sink = _Sink(self)
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            driver = cls(bus, devices)
+            self.drivers[bus.id] = driver
+            try:
+                await driver.run(sink)
+                reason = "driver stopped"
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the supervisor is where driver faults end
+                reason = f"{type(e).__name__}: {e}"
+            self.restarts[bus.id] += 1
+            log.error("driver failed, restarting: bus=%s reason=%r", bus.id, reason)
+            for d in devices:
+                self.set_available(d.id, online=False, reason=reason)
+            attempt = 1 if time.monotonic() - started > 60 else attempt + 1
+            step = min(RESTART_MAX, RESTART_MIN * 2 ** (attempt - 1))
+            await asyncio.sleep(step / 2 + random.uniform(0, step / 2))
+
+    def _start_bus(self, bus: BusSpec) -> None:
+        devices = tuple(d for d in self.config.devices if d.bus == bus.id)
+        self._bind(devices)
+        self.bus_tasks[bus.id] = asyncio.create_task(
+            self._supervise(bus, devices), name=f"driver[{bus.id}]"
+        )
+
+    async def _stop_bus(self, bus_id: str) -> None:
+        task = self.bus_tasks.pop(bus_id, None)
+        self.drivers.pop(bus_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ---- commands ------------------------------------------------------------------
+
+    async def _act(
+        self, device: BoundDevice, action: str, args: Mapping[str, Any]
+    ) -> Mapping[str, Value]:
+        driver = self.drivers.get(device.bus)
+        if driver is None:
+            raise ActionError(f"bus {device.bus!r} is not running")
+        return await driver.act(device, action, args)
+
+    def _reply(self, topic: str, payload: bytes, props: Any) -> bool:
+        return self.publisher.publish_direct(topic, payload, props)
+
+    # ---- reload --------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config; apply bus/device/command changes; keep the old one on error."""
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as e:
+            self.last_reload_error = str(e)
+            log.error("config reload refused, keeping the running config:\n%s", e)
+            return False
+        for section in ("agent", "mqtt", "store"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("config reload: [%s] changed; restart the agent to apply it", section)
+        old_buses = {b.id: b for b in self.config.buses}
+        new_buses = {b.id: b for b in new.buses}
+        old_devs = {b: tuple(d for d in self.config.devices if d.bus == b) for b in old_buses}
+        new_devs = {b: tuple(d for d in new.devices if d.bus == b) for b in new_buses}
+        self.config = new
+        self.router.reconfigure(new)
+        for bus_id in old_buses:
+            if bus_id not in new_buses or (
+                old_buses[bus_id] != new_buses[bus_id] or old_devs[bus_id] != new_devs[bus_id]
+            ):
+                await self._stop_bus(bus_id)
+        live = {d.id for d in new.devices}
+        for dev in list(self.devices):
+            if dev not in live:
+                del self.devices[dev]
+                self.points.pop(dev, None)
+        for bus_id, bus in new_buses.items():
+            if bus_id not in self.bus_tasks:
+                self._start_bus(bus)
+        self.reloads += 1
+        self.last_reload_error = None
+        self._status_dirty = True
+        log.info("config reloaded: buses=%d devices=%d", len(new.buses), len(new.devices))
+        return True
+
+    # ---- status --------------------------------------------------------------------
+
+    def public_status(self) -> dict[str, Any]:
+        """The retained status document (also the base of the local status file)."""
+        s = self.store.stats
+        p = self.publisher.stats
+        return {
+            "version": __version__,
+            "uptime": round(time.time() - self.started, 1),
+            "backlog": s.backlog,
+            "oldest_unsent_age": self._oldest_age,
+            "evicted": dict(s.evicted),
+            "publish_rate": p.rate,
+            "refused": {"count": p.refused, "last": p.last_refusal, "parked": s.parked},
+            "devices": {
+                dev: {"online": st.online, "since": round(st.since, 3), "reason": st.reason}
+                for dev, st in sorted(self.devices.items())
+            },
+        }
+
+    _oldest_age: float | None = None
+
+    def local_status(self) -> dict[str, Any]:
+        """Everything `campus-agent status` shows."""
+        s = self.store.stats
+        p = self.publisher.stats
+        doc = self.public_status()
+        doc.update(
+            {
+                "pid": os.getpid(),
+                "written": time.time(),
+                "school": self.config.agent.school,
+                "gateway": self.config.agent.gateway,
+                "broker": {
+                    "url": self.config.mqtt.url,
+                    "connected": p.connected,
+                    "since": p.since,
+                    "connects": p.connects,
+                    "last_error": p.last_error,
+                    "inflight": p.inflight,
+                    "published": p.published,
+                    "acked": p.acked,
+                    "refusals": dict(p.refusals_by_reason),
+                },
+                "store": {
+                    "path": str(self.store.path),
+                    "used_bytes": s.used_bytes,
+                    "max_size": self.store.max_size,
+                    "committed": s.committed,
+                    "last_seq": self.store.last_seq,
+                    "lost_uncommitted": s.lost_uncommitted,
+                    "last_error": s.last_error,
+                    "recovered": s.recovered,
+                },
+                "commands": self.router.status(),
+                "driver_restarts": dict(self.restarts),
+                "reloads": self.reloads,
+                "last_reload_error": self.last_reload_error,
+            }
+        )
+        return doc
+
+    async def _status_loop(self) -> None:
+        path = status_path(self.config)
+        tmp = path.with_name(path.name + ".tmp")
+        last_public = 0.0
+        while True:
+            self._oldest_age = await self.store.oldest_age()
+            if self._oldest_age is not None:
+                self._oldest_age = round(self._oldest_age, 1)
+            tmp.write_bytes(orjson.dumps(self.local_status(), option=orjson.OPT_INDENT_2))
+            tmp.replace(path)
+            now = time.monotonic()
+            if self._status_dirty or now - last_public >= self.config.agent.status_interval:
+                self.publisher.publish_status()
+                self._status_dirty = False
+                last_public = now
+            _sd_notify(b"WATCHDOG=1")
+            await asyncio.sleep(1.0)
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the process exit code."""
+        loop = asyncio.get_running_loop()
+        await self.store.open()
+        if self.store.stats.recovered:
+            self._status_dirty = True
+        for b in self.config.buses:
+            self._start_bus(b)
+        for d in self.config.devices:
+            self.devices.setdefault(d.id, DeviceState())
+        core = [
+            asyncio.create_task(self.store.run(), name="store.commit"),
+            asyncio.create_task(self.publisher.run(), name="publisher"),
+            asyncio.create_task(self._status_loop(), name="status"),
+        ]
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            t = asyncio.create_task(self.reload(), name="reload")
+            reloads.add(t)
+            t.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        log.info(
+            "agent started: version=%s school=%s gateway=%s devices=%d store=%s",
+            __version__,
+            self.config.agent.school,
+            self.config.agent.gateway,
+            len(self.config.devices),
+            self.config.store.path,
+        )
+        _sd_notify(b"READY=1")
+        stopper = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stopper, *core], return_when=asyncio.FIRST_COMPLETED)
+        crashed = [t for t in core if t in done]
+        _sd_notify(b"STOPPING=1")
+        await self._shutdown(core)
+        for t in crashed:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("core task %s failed: %r", t.get_name(), t.exception())
+                return 1
+        return 0
+
+    async def _shutdown(self, core: list[asyncio.Task[Any]]) -> None:
+        log.info("stopping: draining in-flight events")
+        for bus_id in list(self.bus_tasks):
+            await self._stop_bus(bus_id)
+        with contextlib.suppress(Exception):
+            await self.store.commit_now()
+        drained = await self.publisher.drain(self.config.agent.drain_timeout)
+        with contextlib.suppress(Exception):
+            await self.store.commit_now()
+        await self.publisher.stop()
+        for t in core:
+            t.cancel()
+        for t in core:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.store.close()
+        with contextlib.suppress(OSError):
+            status_path(self.config).write_bytes(
+                orjson.dumps({**self.local_status(), "pid": None, "stopped": time.time()})
+            )
+        log.info("stopped: drained=%s backlog=%d", drained, self.store.stats.backlog)
+
+
+def _sd_notify(message: bytes) -> None:
+    """Tell systemd (Type=notify) we are ready / alive; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(message, addr)
+
+
+def run_agent(config: SiteConfig) -> int:
+    """Run the agent in a fresh event loop."""
+    return asyncio.run(Agent(config).run())
+
+

@@ -1,0 +1,496 @@
+"""The outbox: every event is committed to SQLite before anything else happens to it.
+
+Group commit (one transaction every few milliseconds), priorities, a byte cap measured on
+the real files (WAL included) with eviction of the oldest telemetry first, delete on PUBACK,
+and a start-up integrity check that moves a damaged file aside instead of refusing to run.
+This module never talks to the network and never builds topics beyond Origin.topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from agent.events import (
+    PRIORITY,
+    RETAINED,
+    ClockState,
+    NewEvent,
+    Origin,
+    Priority,
+    StoredEvent,
+    encode,
+    uuid7,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq     INTEGER PRIMARY KEY,
+    prio    INTEGER NOT NULL,
+    created REAL    NOT NULL,
+    topic   TEXT    NOT NULL,
+    payload BLOB    NOT NULL,
+    retain  INTEGER NOT NULL,
+    parked  TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_prio_seq ON outbox (prio, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS commands_seen (id TEXT PRIMARY KEY, expires REAL NOT NULL);
+"""
+PRIORITY_NAMES = {p.value: p.name.lower() for p in Priority}
+EVICT_ORDER = (Priority.TELEMETRY, Priority.STATE, Priority.ACCESS, Priority.ALARM)
+MAX_PENDING = 200_000  # events held in memory while the disk refuses writes
+HIGH_WATER = 20_000  # a producer waits for a commit above this many queued events
+
+
+@dataclass
+class StoreStats:
+    """Counters and gauges the status reports."""
+
+    committed: int = 0
+    delivered: int = 0
+    backlog: int = 0
+    evicted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PRIORITY_NAMES.values(), 0))
+    lost_uncommitted: int = 0
+    parked: int = 0
+    last_parked_reason: str | None = None
+    used_bytes: int = 0
+    last_error: str | None = None
+    recovered: dict[str, Any] | None = None
+
+
+class Store:
+    """SQLite (WAL) outbox with group commit. One instance per agent process."""
+
+    def __init__(
+        self,
+        path: Path,
+        origin: Origin,
+        *,
+        max_size: int,
+        commit_interval: float = 0.005,
+        synchronous: str = "full",
+        clock: ClockState | None = None,
+    ) -> None:
+        self.path = path
+        self.origin = origin
+        self.max_size = max_size
+        self.commit_interval = commit_interval
+        self.synchronous = synchronous
+        self.clock = clock or ClockState("trust")
+        self.stats = StoreStats()
+        self.last_seq = 0
+        self.new_data = asyncio.Event()  # set after a commit that added rows
+        self.min_new_priority = int(Priority.TELEMETRY)  # most urgent priority since last fetch
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._pending: list[NewEvent] = []
+        self._acks: list[int] = []
+        self._parks: list[tuple[int, str]] = []
+        self._wake = asyncio.Event()
+        self._committed = asyncio.Event()
+        self._next_seq = 1
+        self._page_size = 4096
+        self._check_every = 0.5
+        self._last_check = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (or create) the outbox; a damaged file is moved aside and a fresh one started."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        salvage_seq = 0
+        reason = await self._integrity_problem()
+        if reason is not None:
+            salvage_seq = self._salvage_seq()
+            moved = self._move_aside()
+            self.stats.recovered = {
+                "at": time.time(),
+                "reason": reason,
+                "moved_to": str(moved),
+            }
+            log.error(
+                "store damaged, moved aside and started fresh: path=%s moved_to=%s reason=%r",
+                self.path,
+                moved,
+                reason,
+            )
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        self._db = db
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        await db.execute("PRAGMA journal_size_limit=4194304")
+        await db.executescript(SCHEMA)
+        async with db.execute("PRAGMA page_size") as cur:
+            row = await cur.fetchone()
+            self._page_size = int(row[0]) if row else 4096
+        async with db.execute("SELECT value FROM meta WHERE key='next_seq'") as cur:
+            row = await cur.fetchone()
+        meta_seq = int(row[0]) if row else 1
+        async with db.execute("SELECT max(seq), count(*) FROM outbox") as cur:
+            row = await cur.fetchone()
+        max_seq = int(row[0]) if row and row[0] is not None else 0
+        self.stats.backlog = int(row[1]) if row else 0
+        self._next_seq = max(meta_seq, max_seq + 1, 1)
+        if reason is not None:
+            # The counter was in the damaged file. Jump past anything it can have issued:
+            # the salvaged value if any, else the clock in microseconds (always ahead of a
+            # counter that has issued fewer events than microseconds have passed).
+            self._next_seq = max(self._next_seq, salvage_seq + 1, int(time.time() * 1e6))
+        self.last_seq = self._next_seq - 1
+        async with db.execute("SELECT key, value FROM meta WHERE key LIKE 'evicted.%'") as cur:
+            async for key, value in cur:
+                self.stats.evicted[str(key).removeprefix("evicted.")] = int(value)
+        async with db.execute("SELECT count(*) FROM outbox WHERE parked IS NOT NULL") as cur:
+            row = await cur.fetchone()
+            self.stats.parked = int(row[0]) if row else 0
+        await self._measure()
+        if self.stats.backlog:
+            self.new_data.set()
+            self.min_new_priority = int(Priority.ALARM)
+
+    async def _integrity_problem(self) -> str | None:
+        if not self.path.exists():
+            return None
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+            try:
+                async with db.execute("PRAGMA quick_check") as cur:
+                    rows = await cur.fetchall()
+                result = ", ".join(str(r[0]) for r in rows)
+                if result != "ok":
+                    return result[:500]
+                async with db.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE name='outbox'"
+                ) as cur:
+                    await cur.fetchone()
+            finally:
+                await db.close()
+        except sqlite3.DatabaseError as e:
+            return str(e)
+        return None
+
+    def _salvage_seq(self) -> int:
+        try:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                row = con.execute("SELECT max(seq) FROM outbox").fetchone()
+                return int(row[0] or 0)
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return 0
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.rename(Path(str(target) + suffix))
+        return target
+
+    async def close(self) -> None:
+        """Commit what is queued and close the database."""
+        if self._db is None:
+            return
+        with contextlib.suppress(sqlite3.Error, StoreFullError):
+            await self.commit_now()
+        await self._db.close()
+        self._db = None
+
+    # ---- writing ---------------------------------------------------------------------
+
+    def add(self, ev: NewEvent) -> None:
+        """Queue an event for the next group commit (not yet captured)."""
+        if not self.clock.synced():
+            ev.unsynced = True
+        self._pending.append(ev)
+        if len(self._pending) > MAX_PENDING:
+            self._shed_pending()
+        self._wake.set()
+
+    async def add_wait(self, ev: NewEvent) -> None:
+        """Queue an event; wait for a commit if too much is queued (back-pressure)."""
+        self.add(ev)
+        while len(self._pending) > HIGH_WATER:
+            self._committed.clear()
+            await self._committed.wait()
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """The broker acknowledged these events: delete them at the next commit."""
+        self._acks.extend(seqs)
+        self._wake.set()
+
+    def park(self, seq: int, reason: str) -> None:
+        """The broker refused this event (MQTT 5 PUBACK failure): keep it, stop sending it."""
+        self._parks.append((seq, reason))
+        self.stats.last_parked_reason = reason
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The commit loop: one transaction per commit interval while there is work."""
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.commit_interval)
+            try:
+                await self.commit_now()
+            except StoreFullError:
+                await asyncio.sleep(1.0)
+
+    async def commit_now(self) -> int:
+        """Commit queued events, acks and parks in one transaction; return events added."""
+        self._wake.clear()
+        if not (self._pending or self._acks or self._parks):
+            return 0
+        db = self._require_db()
+        batch, self._pending = self._pending, []
+        acks, self._acks = self._acks, []
+        parks, self._parks = self._parks, []
+        seq = self._next_seq
+        rows = []
+        now = time.time()
+        top = int(Priority.TELEMETRY)
+        for ev in batch:
+            kind = ev.kind
+            prio = int(PRIORITY[kind])
+            top = min(top, prio)
+            payload = encode(self.origin, ev, seq, uuid7(int(ev.ts * 1000)))
+            topic = self.origin.topic(kind, ev.category, ev.device)
+            rows.append((seq, prio, now, topic, payload, 1 if kind in RETAINED else 0))
+            seq += 1
+        async with self._lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                if rows:
+                    await db.executemany(
+                        "INSERT INTO outbox (seq, prio, created, topic, payload, retain) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    await db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)", (seq,)
+                    )
+                deleted = 0
+                if acks:
+                    for i in range(0, len(acks), 500):
+                        chunk = acks[i : i + 500]
+                        cur = await db.execute(
+                            f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})",  # noqa: S608
+                            chunk,
+                        )
+                        deleted += max(cur.rowcount, 0)
+                if parks:
+                    await db.executemany(
+                        "UPDATE outbox SET parked = ? WHERE seq = ?",
+                        [(reason, s) for s, reason in parks],
+                    )
+                await db.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                # Nothing of this batch is captured yet: put it back in front, same seqs.
+                self._pending[:0] = batch
+                self._acks[:0] = acks
+                self._parks[:0] = parks
+                self.stats.last_error = f"commit failed: {e}"
+                log.error("store commit failed, will retry: path=%s error=%r", self.path, str(e))
+                if _is_full(e):
+                    await self._evict(self._page_size * 256)
+                raise StoreFullError(str(e)) from e
+        self.stats.last_error = None
+        self._next_seq = seq
+        self.last_seq = seq - 1
+        self.stats.committed += len(rows)
+        self.stats.delivered += deleted
+        self.stats.backlog += len(rows) - deleted
+        self.stats.parked += len(parks)
+        self._committed.set()
+        if rows:
+            self.min_new_priority = min(self.min_new_priority, top)
+            self.new_data.set()
+        if time.monotonic() - self._last_check > self._check_every:
+            await self._enforce_cap()
+        return len(rows)
+
+    def _shed_pending(self) -> None:
+        # The disk refuses writes and memory is filling: drop the oldest queued telemetry.
+        for i, ev in enumerate(self._pending):
+            if PRIORITY[ev.kind] == Priority.TELEMETRY:
+                del self._pending[i]
+                self.stats.lost_uncommitted += 1
+                return
+        self.stats.lost_uncommitted += 1
+        del self._pending[0]
+
+    # ---- the byte cap ----------------------------------------------------------------
+
+    async def _measure(self) -> int:
+        db = self._require_db()
+        async with db.execute("PRAGMA page_count") as cur:
+            row = await cur.fetchone()
+            pages = int(row[0]) if row else 0
+        async with db.execute("PRAGMA freelist_count") as cur:
+            row = await cur.fetchone()
+            free = int(row[0]) if row else 0
+        wal = Path(str(self.path) + "-wal")
+        try:
+            wal_size = wal.stat().st_size
+        except FileNotFoundError:
+            wal_size = 0
+        used = (pages - free) * self._page_size + wal_size
+        self.stats.used_bytes = used
+        return used
+
+    async def _enforce_cap(self) -> None:
+        self._last_check = time.monotonic()
+        used = await self._measure()
+        if used > self.max_size:
+            await self._evict(used - int(self.max_size * 0.9))
+
+    async def _evict(self, need: int) -> None:
+        """Delete about `need` bytes of events: oldest telemetry first, alarms last."""
+        db = self._require_db()
+        async with db.execute("SELECT count(*) FROM outbox") as cur:
+            row = await cur.fetchone()
+            count = int(row[0]) if row else 0
+        if count == 0:
+            return
+        per_row = max(64, (self.stats.used_bytes or need) // count)
+        want = max(1, need // per_row + 1)
+        async with self._lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for prio in EVICT_ORDER:
+                    if want <= 0:
+                        break
+                    cur = await db.execute(
+                        "DELETE FROM outbox WHERE seq IN "
+                        "(SELECT seq FROM outbox WHERE prio = ? ORDER BY seq LIMIT ?)",
+                        (int(prio), want),
+                    )
+                    n = max(cur.rowcount, 0)
+                    if n:
+                        name = PRIORITY_NAMES[int(prio)]
+                        self.stats.evicted[name] += n
+                        await db.execute(
+                            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                            (f"evicted.{name}", self.stats.evicted[name]),
+                        )
+                        self.stats.backlog -= n
+                        want -= n
+                        log.warning(
+                            "store full: evicted %d oldest %s events (cap %d bytes)",
+                            n,
+                            name,
+                            self.max_size,
+                        )
+                await db.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                raise
+        with contextlib.suppress(sqlite3.Error):
+            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self._measure()
+
+    # ---- reading ---------------------------------------------------------------------
+
+    async def fetch(self, after: dict[int, int], limit: int) -> list[StoredEvent]:
+        """Up to `limit` unsent events of the most urgent priority that has any.
+
+        `after` maps priority -> the last seq already handed to the publisher on this
+        connection; rows at or below it are not returned again.
+        """
+        db = self._require_db()
+        self.min_new_priority = int(Priority.TELEMETRY)
+        self.new_data.clear()
+        async with self._lock:
+            for prio in Priority:
+                async with db.execute(
+                    "SELECT seq, prio, topic, payload, retain FROM outbox "
+                    "WHERE prio = ? AND seq > ? AND parked IS NULL ORDER BY seq LIMIT ?",
+                    (int(prio), after.get(int(prio), 0), limit),
+                ) as cur:
+                    rows = list(await cur.fetchall())
+                if rows:
+                    return [
+                        StoredEvent(int(r[0]), int(r[1]), str(r[2]), bytes(r[3]), bool(r[4]))
+                        for r in rows
+                    ]
+        return []
+
+    async def unpark_all(self) -> int:
+        """Make refused events eligible again (after a reconnect or a config change)."""
+        db = self._require_db()
+        async with self._lock:
+            cur = await db.execute("UPDATE outbox SET parked = NULL WHERE parked IS NOT NULL")
+            n = max(cur.rowcount, 0)
+        self.stats.parked = 0
+        if n:
+            self.min_new_priority = int(Priority.ALARM)
+            self.new_data.set()
+        return n
+
+    async def oldest_age(self) -> float | None:
+        """Seconds since the oldest unsent event was committed, or None if none is."""
+        db = self._require_db()
+        async with db.execute("SELECT created FROM outbox ORDER BY seq LIMIT 1") as cur:
+            row = await cur.fetchone()
+        return None if row is None else max(0.0, time.time() - float(row[0]))
+
+    async def count(self) -> int:
+        """The number of stored (unacknowledged) events, counted in the file."""
+        db = self._require_db()
+        async with db.execute("SELECT count(*) FROM outbox") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # ---- command replay memory -------------------------------------------------------
+
+    async def remember_command(self, command_id: str, expires: float) -> bool:
+        """Record a command id; False if it was seen before (a replay). Survives restarts."""
+        db = self._require_db()
+        async with self._lock:
+            await db.execute("DELETE FROM commands_seen WHERE expires < ?", (time.time(),))
+            try:
+                await db.execute(
+                    "INSERT INTO commands_seen (id, expires) VALUES (?, ?)", (command_id, expires)
+                )
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    def _require_db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+
+class StoreFullError(Exception):
+    """A commit failed (the disk refused the write); the batch stays queued in memory."""
+
+
+def _is_full(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(e)
+
+
+def file_bytes(path: Path) -> int:
+    """Bytes on disk of the database and its WAL (what the cap is about)."""
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(FileNotFoundError):
+            total += os.stat(str(path) + suffix).st_size
+    return total

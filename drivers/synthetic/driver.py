@@ -1,0 +1,112 @@
+"""Simulated devices that produce readings at a configured rate (demos, load tests, benchmarks).
+
+It stays in the product on purpose: a site can run the whole pipeline without hardware, and
+the benchmarks drive the core at full speed through it. Values follow each point's
+`synthetic = { min, max, period }` in the profile; alarm points toggle every `alarm_every`.
+It never builds topics or JSON: it hands Samples to the core like any other driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from agent.errors import ActionError, DriverError
+from agent.sample import BoundDevice, BusSpec, DeviceSink, Sample, Value
+from agent.units import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class SyntheticBus(BaseModel):
+    """Keys of a `driver = "synthetic"` [[buses]] entry (none besides id and driver)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticDevice(BaseModel):
+    """Keys a synthetic [[devices]] entry may add."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rate: float | None = Field(default=None, gt=0, le=1_000_000)  # readings/s; else poll_interval
+    alarm_every: Duration | None = None  # toggle every alarm point this often
+    crash_after: Duration | None = None  # fault injection: the driver fails after this long
+
+
+class SyntheticDriver:
+    """Generates readings for every device on its bus."""
+
+    key: ClassVar[str] = "synthetic"
+    profile_driver: ClassVar[str] = "synthetic"
+    bus_model: ClassVar[type[BaseModel]] = SyntheticBus
+    device_model: ClassVar[type[BaseModel]] = SyntheticDevice
+
+    def __init__(self, bus: BusSpec, devices: Sequence[BoundDevice]) -> None:
+        self.bus = bus
+        self.devices = list(devices)
+        self.state: dict[str, dict[str, Value]] = {d.id: {} for d in devices}
+
+    async def run(self, sink: DeviceSink) -> None:
+        """Run one generator per device until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for d in self.devices:
+                tg.create_task(self._device(d, sink), name=f"synthetic[{d.id}]")
+
+    def _values(self, device: BoundDevice, t: float, n: int) -> dict[str, Value]:
+        opts: SyntheticDevice = device.options
+        out: dict[str, Value] = {}
+        for p in device.profile.points:
+            spec: dict[str, Any] = p.synthetic or {}
+            if p.kind == "alarm":
+                every = opts.alarm_every
+                out[p.name] = bool(every and int(t / every) % 2 == 1)
+            elif p.kind == "state":
+                out[p.name] = self.state[device.id].get(p.name, spec.get("initial", False))
+            else:
+                lo = float(spec.get("min", 0.0))
+                hi = float(spec.get("max", 100.0))
+                period = parse_duration(spec.get("period", "10min"))
+                phase = math.sin(2 * math.pi * t / period) if period else 0.0
+                out[p.name] = round(lo + (hi - lo) * (0.5 + 0.5 * phase), 3)
+        out["_n"] = n
+        return out
+
+    async def _device(self, device: BoundDevice, sink: DeviceSink) -> None:
+        opts: SyntheticDevice = device.options
+        interval = 1.0 / opts.rate if opts.rate else device.poll_interval
+        start = time.monotonic()
+        produced = 0
+        await sink.availability(device.id, online=True)
+        while True:
+            now = time.monotonic()
+            if opts.crash_after is not None and now - start >= opts.crash_after:
+                raise DriverError(f"synthetic fault injected after {opts.crash_after:g}s")
+            due = int((now - start) / interval) + 1
+            wall = time.time()
+            # At high rates several readings fall due per wake-up; emit them all.
+            for _ in range(min(due - produced, 10_000)):
+                produced += 1
+                values = self._values(device, wall, produced)
+                values.pop("_n")
+                await sink.sample(Sample(device.id, wall, values))
+            next_at = start + produced * interval
+            await asyncio.sleep(max(0.0, min(next_at - time.monotonic(), 1.0)) or 0.0005)
+
+    async def act(
+        self, device: BoundDevice, action: str, args: Mapping[str, Any]
+    ) -> Mapping[str, Value]:
+        """Synthetic actions set state points: arm/disarm set `armed`, set_* sets a value."""
+        if action == "arm":
+            self.state[device.id]["armed"] = True
+        elif action == "disarm":
+            self.state[device.id]["armed"] = False
+        elif action == "fail":
+            raise ActionError("simulated device refused the action")
+        else:
+            raise ActionError(f"synthetic devices cannot {action!r}")
+        return dict(self.state[device.id])
