@@ -31,6 +31,7 @@ def _setup_logging(level: str) -> None:
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 def _load(path: Path) -> SiteConfig | None:

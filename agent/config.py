@@ -7,6 +7,7 @@ keys are errors. This module reads files; it never opens a port or a connection.
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,10 +233,34 @@ class _Checker:
                 "mqtt.password_env",
                 f"environment variable {m.password_env!r} is not set in this environment",
             )
+        self.check_tls(m, base)
         pk = site.privacy
         if pk.card_id == "hash" and pk.card_key_file is not None:
             if not _resolve_path(base, pk.card_key_file).is_file():
                 self.add("privacy.card_key_file", f"file {str(pk.card_key_file)!r} does not exist")
+
+    def check_tls(self, m: MqttSection, base: Path) -> None:
+        """Load the TLS files the way the publisher will, so `check` catches bad PEM."""
+        if not m.address.tls:
+            return
+        ca = _resolve_path(base, m.ca_file) if m.ca_file else None
+        if ca is not None and ca.is_file():
+            try:
+                ssl.create_default_context(cafile=str(ca))
+            except (ssl.SSLError, ValueError) as e:
+                self.add("mqtt.ca_file", f"{str(m.ca_file)!r} is not a PEM CA certificate ({e})")
+        if m.cert_file and m.key_file:
+            cert = _resolve_path(base, m.cert_file)
+            key = _resolve_path(base, m.key_file)
+            if cert.is_file() and key.is_file():
+                try:
+                    ssl.create_default_context().load_cert_chain(str(cert), str(key))
+                except (ssl.SSLError, ValueError) as e:
+                    self.add(
+                        "mqtt.cert_file",
+                        f"{str(m.cert_file)!r} and {str(m.key_file)!r} are not a matching PEM "
+                        f"certificate and private key ({e})",
+                    )
 
     def profile_for(
         self, entry: str, ref: str | dict[str, Any], base: Path, dirs: list[Path]

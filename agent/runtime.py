@@ -280,6 +280,7 @@ class Agent:
                     "used_bytes": s.used_bytes,
                     "max_size": self.store.max_size,
                     "committed": s.committed,
+                    "committed_by_priority": dict(s.committed_by_priority),
                     "last_seq": self.store.last_seq,
                     "lost_uncommitted": s.lost_uncommitted,
                     "last_error": s.last_error,

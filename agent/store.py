@@ -60,9 +60,14 @@ class StoreStats:
     """Counters and gauges the status reports."""
 
     committed: int = 0
+    committed_by_priority: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(PRIORITY_NAMES.values(), 0)
+    )
     delivered: int = 0
     backlog: int = 0
-    evicted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PRIORITY_NAMES.values(), 0))
+    evicted: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(PRIORITY_NAMES.values(), 0)
+    )
     lost_uncommitted: int = 0
     parked: int = 0
     last_parked_reason: str | None = None
@@ -105,6 +110,7 @@ class Store:
         self._page_size = 4096
         self._check_every = 0.5
         self._last_check = 0.0
+        self._added_bytes = 0
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -131,7 +137,10 @@ class Store:
         self._db = db
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-        await db.execute("PRAGMA journal_size_limit=4194304")
+        # The WAL counts against the cap: checkpoint (and truncate) it every cap/16 bytes.
+        wal_bytes = min(4 << 20, self.max_size // 16)
+        await db.execute(f"PRAGMA wal_autocheckpoint={max(8, wal_bytes // 4096)}")
+        await db.execute(f"PRAGMA journal_size_limit={wal_bytes}")
         await db.executescript(SCHEMA)
         async with db.execute("PRAGMA page_size") as cur:
             row = await cur.fetchone()
@@ -247,11 +256,17 @@ class Store:
             await asyncio.sleep(self.commit_interval)
             try:
                 await self.commit_now()
-            except StoreFullError:
+            except (StoreFullError, sqlite3.Error) as e:
+                # Nothing queued is dropped: the batch is back in the queue; try again soon.
+                self.stats.last_error = f"store: {e}"
                 await asyncio.sleep(1.0)
 
     async def commit_now(self) -> int:
         """Commit queued events, acks and parks in one transaction; return events added."""
+        async with self._lock:
+            return await self._commit_locked()
+
+    async def _commit_locked(self) -> int:
         self._wake.clear()
         if not (self._pending or self._acks or self._parks):
             return 0
@@ -263,57 +278,61 @@ class Store:
         rows = []
         now = time.time()
         top = int(Priority.TELEMETRY)
+        by_prio = [0, 0, 0, 0]
         for ev in batch:
             kind = ev.kind
             prio = int(PRIORITY[kind])
             top = min(top, prio)
+            by_prio[prio] += 1
             payload = encode(self.origin, ev, seq, uuid7(int(ev.ts * 1000)))
             topic = self.origin.topic(kind, ev.category, ev.device)
             rows.append((seq, prio, now, topic, payload, 1 if kind in RETAINED else 0))
             seq += 1
-        async with self._lock:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                if rows:
-                    await db.executemany(
-                        "INSERT INTO outbox (seq, prio, created, topic, payload, retain) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            if rows:
+                await db.executemany(
+                    "INSERT INTO outbox (seq, prio, created, topic, payload, retain) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                await db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)", (seq,)
+                )
+            deleted = 0
+            if acks:
+                for i in range(0, len(acks), 500):
+                    chunk = acks[i : i + 500]
+                    cur = await db.execute(
+                        f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})",  # noqa: S608
+                        chunk,
                     )
-                    await db.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)", (seq,)
-                    )
-                deleted = 0
-                if acks:
-                    for i in range(0, len(acks), 500):
-                        chunk = acks[i : i + 500]
-                        cur = await db.execute(
-                            f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})",  # noqa: S608
-                            chunk,
-                        )
-                        deleted += max(cur.rowcount, 0)
-                if parks:
-                    await db.executemany(
-                        "UPDATE outbox SET parked = ? WHERE seq = ?",
-                        [(reason, s) for s, reason in parks],
-                    )
-                await db.execute("COMMIT")
-            except sqlite3.Error as e:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                # Nothing of this batch is captured yet: put it back in front, same seqs.
-                self._pending[:0] = batch
-                self._acks[:0] = acks
-                self._parks[:0] = parks
-                self.stats.last_error = f"commit failed: {e}"
-                log.error("store commit failed, will retry: path=%s error=%r", self.path, str(e))
-                if _is_full(e):
-                    await self._evict(self._page_size * 256)
-                raise StoreFullError(str(e)) from e
+                    deleted += max(cur.rowcount, 0)
+            if parks:
+                await db.executemany(
+                    "UPDATE outbox SET parked = ? WHERE seq = ?",
+                    [(reason, s) for s, reason in parks],
+                )
+            await db.execute("COMMIT")
+        except sqlite3.Error as e:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("ROLLBACK")
+            # Nothing of this batch is captured yet: put it back in front, same seqs.
+            self._pending[:0] = batch
+            self._acks[:0] = acks
+            self._parks[:0] = parks
+            self.stats.last_error = f"commit failed: {e}"
+            log.error("store commit failed, will retry: path=%s error=%r", self.path, str(e))
+            if _is_full(e):
+                await self._evict_locked(self._page_size * 256)
+            raise StoreFullError(str(e)) from e
         self.stats.last_error = None
         self._next_seq = seq
         self.last_seq = seq - 1
         self.stats.committed += len(rows)
+        for prio, n in enumerate(by_prio):
+            if n:
+                self.stats.committed_by_priority[PRIORITY_NAMES[prio]] += n
         self.stats.delivered += deleted
         self.stats.backlog += len(rows) - deleted
         self.stats.parked += len(parks)
@@ -321,7 +340,11 @@ class Store:
         if rows:
             self.min_new_priority = min(self.min_new_priority, top)
             self.new_data.set()
-        if time.monotonic() - self._last_check > self._check_every:
+        self._added_bytes += sum(len(r[4]) + 64 for r in rows)
+        if (
+            self._added_bytes > self.max_size // 32
+            or time.monotonic() - self._last_check > self._check_every
+        ):
             await self._enforce_cap()
         return len(rows)
 
@@ -355,12 +378,16 @@ class Store:
         return used
 
     async def _enforce_cap(self) -> None:
+        # Evict above 80 % of the cap, down to 70 %: the file only grows while live data
+        # grows (freed pages are reused), so between two checks (every cap/32 bytes
+        # written) and with the WAL bounded at cap/16, the files stay under the cap.
         self._last_check = time.monotonic()
+        self._added_bytes = 0
         used = await self._measure()
-        if used > self.max_size:
-            await self._evict(used - int(self.max_size * 0.9))
+        if used > self.max_size * 0.8:
+            await self._evict_locked(used - int(self.max_size * 0.7))
 
-    async def _evict(self, need: int) -> None:
+    async def _evict_locked(self, need: int) -> None:
         """Delete about `need` bytes of events: oldest telemetry first, alarms last."""
         db = self._require_db()
         async with db.execute("SELECT count(*) FROM outbox") as cur:
@@ -370,38 +397,37 @@ class Store:
             return
         per_row = max(64, (self.stats.used_bytes or need) // count)
         want = max(1, need // per_row + 1)
-        async with self._lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for prio in EVICT_ORDER:
-                    if want <= 0:
-                        break
-                    cur = await db.execute(
-                        "DELETE FROM outbox WHERE seq IN "
-                        "(SELECT seq FROM outbox WHERE prio = ? ORDER BY seq LIMIT ?)",
-                        (int(prio), want),
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for prio in EVICT_ORDER:
+                if want <= 0:
+                    break
+                cur = await db.execute(
+                    "DELETE FROM outbox WHERE seq IN "
+                    "(SELECT seq FROM outbox WHERE prio = ? ORDER BY seq LIMIT ?)",
+                    (int(prio), want),
+                )
+                n = max(cur.rowcount, 0)
+                if n:
+                    name = PRIORITY_NAMES[int(prio)]
+                    self.stats.evicted[name] += n
+                    await db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        (f"evicted.{name}", self.stats.evicted[name]),
                     )
-                    n = max(cur.rowcount, 0)
-                    if n:
-                        name = PRIORITY_NAMES[int(prio)]
-                        self.stats.evicted[name] += n
-                        await db.execute(
-                            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                            (f"evicted.{name}", self.stats.evicted[name]),
-                        )
-                        self.stats.backlog -= n
-                        want -= n
-                        log.warning(
-                            "store full: evicted %d oldest %s events (cap %d bytes)",
-                            n,
-                            name,
-                            self.max_size,
-                        )
-                await db.execute("COMMIT")
-            except sqlite3.Error:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                raise
+                    self.stats.backlog -= n
+                    want -= n
+                    log.warning(
+                        "store full: evicted %d oldest %s events (cap %d bytes)",
+                        n,
+                        name,
+                        self.max_size,
+                    )
+            await db.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("ROLLBACK")
+            raise
         with contextlib.suppress(sqlite3.Error):
             await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._measure()
