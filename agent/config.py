@@ -299,6 +299,22 @@ def _extras(model: BaseModel) -> dict[str, Any]:
     return dict(model.model_extra or {})
 
 
+def _known_actions(devices: list[BoundDevice], dirs: list[Path]) -> set[str]:
+    """CATEGORY.ACTION of every known profile, DEVICE.ACTION of every configured device."""
+    known = {f"{d.id}.{a.name}" for d in devices for a in d.profile.actions}
+    profiles = [d.profile for d in devices]
+    files: dict[str, Path] = {}
+    for d in [*dirs, None]:
+        files.update(shipped_profiles(d) if d is not None else shipped_profiles())
+    for file in files.values():
+        try:
+            profiles.append(load_profile_file(file))
+        except ProfileError:
+            continue  # reported where a device uses it
+    known |= {f"{p.category}.{a.name}" for p in profiles for a in p.actions}
+    return known
+
+
 def load_config(path: Path | str) -> SiteConfig:
     """Read, validate and resolve a site config; raise ConfigError listing every problem."""
     path = Path(path)
@@ -382,16 +398,13 @@ def load_config(path: Path | str) -> SiteConfig:
             )
         )
 
-    known_actions = sorted(
-        {f"{d.profile.category}.{a.name}" for d in devices for a in d.profile.actions}
-        | {f"{d.id}.{a.name}" for d in devices for a in d.profile.actions}
-    )
+    known_actions = _known_actions(devices, dirs)
     for i, rule in enumerate(site.commands.allow):
         if rule not in known_actions:
             c.add(
                 f"commands.allow[{i}]",
-                f"{rule!r} matches no action of a configured device; "
-                f"actions are: {_one_of(known_actions)}",
+                f"{rule!r} matches no action of a configured device or a known profile; "
+                f"write CATEGORY.ACTION or DEVICE-ID.ACTION, e.g. {_one_of(sorted(known_actions)[:6])}",
             )
 
     if c.problems:

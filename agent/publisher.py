@@ -56,6 +56,7 @@ class PublisherStats:
     inflight: int = 0
     rate: float = 0.0  # PUBACKs per second, smoothed
     refusals_by_reason: dict[str, int] = field(default_factory=dict)
+    status_refused: str | None = None  # the broker refused our retained status topic
 
 
 class Publisher:
@@ -92,6 +93,7 @@ class Publisher:
         self._rate_count = 0
         self._rate_t = time.monotonic()
         self._stopping = False
+        self._status_mids: set[int] = set()
 
     # ---- public --------------------------------------------------------------------
 
@@ -108,14 +110,17 @@ class Publisher:
                 attempt += 1
                 await asyncio.sleep(self._backoff(attempt))
                 continue
-            attempt = 0
+            began = time.monotonic()
             try:
                 await self._session()
             finally:
                 self._teardown()
+            # A broker that drops us right after connecting (some brokers disconnect a
+            # client after refusing its publish) must not be hammered: keep backing off.
+            attempt = attempt + 1 if time.monotonic() - began < 10 else 1
             if not self._stopping:
                 self._note_error("connection to the broker lost")
-                await asyncio.sleep(self._backoff(1))
+                await asyncio.sleep(self._backoff(attempt))
 
     async def drain(self, timeout: float) -> bool:
         """Wait until nothing is in flight (or timeout); True if drained."""
@@ -140,11 +145,17 @@ class Publisher:
         self._teardown()
 
     def publish_status(self) -> None:
-        """Publish the retained gateway status now (if connected)."""
-        if self._client is not None and self.stats.connected:
-            self._client.publish(
+        """Publish the retained gateway status now (if connected and not refused)."""
+        if self._client is not None and self.stats.connected and not self.stats.status_refused:
+            info = self._client.publish(
                 self.status_topic, self._status_payload("online"), qos=1, retain=True
             )
+            self._status_mids.add(info.mid)
+
+    async def retry_refused(self) -> int:
+        """Send events the broker refused once more (after a config change, or hourly)."""
+        self.stats.status_refused = None
+        return await self.store.unpark_all()
 
     def publish_direct(
         self, topic: str, payload: bytes, properties: Properties | None = None
@@ -259,7 +270,6 @@ class Publisher:
         # Acks of the previous connection must be deleted before we re-read the backlog.
         with contextlib.suppress(Exception):
             await self.store.commit_now()
-        await self.store.unpark_all()
         sender = asyncio.create_task(self._send_loop(client), name="publisher.send")
         misc = asyncio.create_task(self._misc_loop(client), name="publisher.misc")
         try:
@@ -302,9 +312,13 @@ class Publisher:
             after[ev.priority] = ev.seq
 
     async def _misc_loop(self, client: mqtt.Client) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
             client.loop_misc()
+            ticks += 1
+            if ticks % 3600 == 0 and self.store.stats.parked:
+                await self.retry_refused()
             now = time.monotonic()
             dt = now - self._rate_t
             if dt >= 5.0:
@@ -325,6 +339,7 @@ class Publisher:
         for _ in range(len(self._inflight)):
             self._slots.release()
         self._inflight.clear()
+        self._status_mids.clear()
         self.stats.inflight = 0
         self.stats.connected = False
         self._lost.set()
@@ -403,7 +418,12 @@ class Publisher:
     ) -> None:
         seq = self._inflight.pop(mid, None)
         if seq is None:
-            return  # status or a command reply
+            if mid in self._status_mids:
+                self._status_mids.discard(mid)
+                if rc.is_failure and not self.stats.status_refused:
+                    self.stats.status_refused = str(rc)
+                    log.warning("broker refused the status topic %s: %s", self.status_topic, rc)
+            return  # a command reply
         self._slots.release()
         if rc.is_failure:
             reason = str(rc)

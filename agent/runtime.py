@@ -225,6 +225,7 @@ class Agent:
         for bus_id, bus in new_buses.items():
             if bus_id not in self.bus_tasks:
                 self._start_bus(bus)
+        await self.publisher.retry_refused()
         self.reloads += 1
         self.last_reload_error = None
         self._status_dirty = True
@@ -244,7 +245,12 @@ class Agent:
             "oldest_unsent_age": self._oldest_age,
             "evicted": dict(s.evicted),
             "publish_rate": p.rate,
-            "refused": {"count": p.refused, "last": p.last_refusal, "parked": s.parked},
+            "refused": {
+                "count": p.refused,
+                "last": p.last_refusal,
+                "parked": s.parked,
+                "status_topic": p.status_refused,
+            },
             "devices": {
                 dev: {"online": st.online, "since": round(st.since, 3), "reason": st.reason}
                 for dev, st in sorted(self.devices.items())

@@ -145,7 +145,7 @@ class Subscriber:
     """
 
     def __init__(self, broker: Broker, topic: str, *, client_id: str | None = None, v5: bool = False,
-                 tls: dict[str, str] | None = None) -> None:
+                 tls: dict[str, str] | None = None, auth: tuple[str, str] | None = None) -> None:
         self.messages: list[Message] = []
         self.lock = threading.Lock()
         self.connected = threading.Event()
@@ -155,6 +155,8 @@ class Subscriber:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         else:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+        if auth:
+            self.client.username_pw_set(*auth)
         if tls:
             self.client.tls_set(ca_certs=tls["ca"], certfile=tls.get("cert"), keyfile=tls.get("key"))
         self.client.reconnect_delay_set(1, 1)
@@ -361,3 +363,88 @@ def env_device(rate: float = 20) -> str:
 
 def fence_device(alarm_every: str = "1s", poll: str = "100ms") -> str:
     return FENCE_DEVICE.format(alarm_every=alarm_every, poll=poll)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run([need("openssl", "openssl"), *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d: Path, name: str) -> None:
+    """A throwaway CA: {name}.pem / {name}.key in d."""
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}", cwd=d)
+
+
+def make_cert(d: Path, ca: str, name: str, cn: str, *, server: bool) -> None:
+    """A certificate signed by `ca`: {name}.pem / {name}.key in d."""
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+    ext = d / f"{name}.ext"
+    lines = ["basicConstraints=CA:FALSE", "authorityKeyIdentifier=keyid,issuer"]
+    if server:
+        lines += ["subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost", "extendedKeyUsage=serverAuth"]
+    else:
+        lines += ["extendedKeyUsage=clientAuth"]
+    ext.write_text("\n".join(lines) + "\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", ext.name, cwd=d)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CA, broker certificate, the gateway's and the district's client certificates, and
+    a second CA the broker does not use (for 'not trusted' tests)."""
+    d = tmp_path_factory.mktemp("pki")
+    make_ca(d, "ca")
+    make_ca(d, "other-ca")
+    make_cert(d, "ca", "server", "localhost", server=True)
+    make_cert(d, "ca", "gw", "pt-023.gw-main", server=False)
+    make_cert(d, "ca", "district", "district", server=False)
+    return d
+
+
+ACL = """\
+user pt-023.gw-main
+topic readwrite campus/v1/pt-023/gw-main/#
+
+user district
+topic read campus/#
+topic write campus/+/+/+/cmd/#
+"""
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, pki: Path) -> Iterator[Broker]:
+    """mosquitto requiring client certificates (identity = username) and confining each
+    identity with an ACL."""
+    d = tmp_path / "tls-broker"
+    d.mkdir()
+    (d / "acl").write_text(ACL)
+    b = Broker(d, listener_extra=textwrap.dedent(f"""\
+        cafile {pki}/ca.pem
+        certfile {pki}/server.pem
+        keyfile {pki}/server.key
+        require_certificate true
+        use_identity_as_username true
+        """), extra=f"allow_anonymous false\nacl_file {d}/acl")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def password_broker(tmp_path: Path) -> Iterator[Broker]:
+    """mosquitto with username/password and the same ACL (gateway: pt-023.gw-main / s3cret-gw)."""
+    d = tmp_path / "pw-broker"
+    d.mkdir()
+    (d / "acl").write_text(ACL)
+    passwd = d / "passwd"
+    passwd.touch()
+    tool = need("mosquitto_passwd", "mosquitto")
+    for user, pw in (("pt-023.gw-main", "s3cret-gw"), ("district", "district-pw")):
+        subprocess.run([tool, "-b", str(passwd), user, pw], check=True, capture_output=True)
+    passwd.chmod(0o644)
+    b = Broker(d, extra=f"allow_anonymous false\npassword_file {passwd}\nacl_file {d}/acl")
+    b.start()
+    yield b
+    b.stop()
