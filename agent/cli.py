@@ -50,10 +50,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     print(
-        f"{args.config}: ok ({len(config.buses)} buses, {len(config.devices)} devices, "
+        f"{args.config}: ok ({_plural(len(config.buses), 'bus')}, "
+        f"{_plural(len(config.devices), 'device')}, "
         f"broker {config.mqtt.url})"
     )
     return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -109,7 +114,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         "evicted:  "
         + ", ".join(f"{k} {v}" for k, v in ev.items())
-        + f" (store {s.get('used_bytes', 0) / 1e6:.1f} of {s.get('max_size', 0) / 1e6:.0f} MB)"
+        + f" (store {_mb(s.get('used_bytes', 0))} of {_mb(s.get('max_size', 0))})"
     )
     ref = doc.get("refused", {})
     if ref.get("count"):
@@ -127,6 +132,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         reason = f" ({st['reason']})" if st.get("reason") else ""
         print(f"  {dev:24} {state}{reason}")
     return 0 if running else EXIT_NOT_RUNNING
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 10e6 else f"{n / 1e6:.0f} MB"
 
 
 def _alive(pid: int) -> bool:
@@ -149,9 +158,10 @@ def describe(topic: str, payload: bytes) -> str:
         return f"{topic} {payload[:80]!r}"
     parts = topic.split("/")
     if topic.endswith("/status"):
+        if doc.get("state") != "online":
+            return f"status    {doc.get('state')}"
         return (
-            f"status    {doc.get('state')} backlog={doc.get('backlog')} "
-            f"rate={doc.get('publish_rate')}/s"
+            f"status    online backlog={doc.get('backlog')} rate={doc.get('publish_rate')}/s"
         )
     kind = doc.get("kind") or (parts[-2] if len(parts) >= 2 else "?")
     who = f"{doc.get('category', '?')}/{doc.get('device', parts[-1])}"
@@ -175,7 +185,10 @@ def describe(topic: str, payload: bytes) -> str:
     return f"{head} {payload[:120]!r}"
 
 
-_ENVELOPE = {"v", "id", "seq", "ts", "school", "gateway", "device", "category", "profile", "kind"}
+_ENVELOPE = {
+    "v", "id", "seq", "ts", "school", "gateway", "device", "category", "profile", "kind",
+    "location", "clock",
+}
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -190,7 +203,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"{config.agent.school}.{config.agent.gateway}.tail-{os.getpid()}",
-        protocol=mqtt.MQTTv5,
+        protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311,
     )
     if m.username:
         client.username_pw_set(m.username, config.password())
@@ -200,10 +213,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
             ctx.load_cert_chain(str(m.cert_file), str(m.key_file))
         client.tls_set_context(ctx)
     seen = 0
+    refused: list[str] = []
 
     def on_connect(c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
         if rc.is_failure:
             print(f"broker refused: {rc}", file=sys.stderr)
+            refused.append(str(rc))
             c.disconnect()
             return
         c.subscribe(f"{base}/#", qos=1)
@@ -231,7 +246,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"cannot reach {m.url}: {e}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if refused else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

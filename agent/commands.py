@@ -14,13 +14,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from agent.config import SiteConfig
 from agent.errors import ActionError
@@ -41,8 +40,8 @@ class CommandRequest(BaseModel):
     id: str = Field(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     action: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
     args: dict[str, Any] = Field(default_factory=dict)
-    ts: datetime
-    expires: datetime | None = None
+    ts: AwareDatetime
+    expires: AwareDatetime | None = None
 
 
 class Rejected(Exception):  # noqa: N818 - a control-flow outcome, not an error condition
@@ -115,6 +114,7 @@ class CommandRouter:
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
         self.failed = 0
+        self._locks: dict[str, asyncio.Lock] = {}
         self._base = f"{config.agent.topic_prefix}/{config.agent.school}/{config.agent.gateway}"
 
     def reconfigure(self, config: SiteConfig) -> None:
@@ -199,8 +199,10 @@ class CommandRouter:
         keep_until = max(issued + max_age + skew, req.expires.timestamp() if req.expires else 0)
         if not await self._remember(req.id, keep_until):
             raise Rejected("replayed", f"command id {req.id!r} was already received")
+        lock = self._locks.setdefault(device.id, asyncio.Lock())
         try:
-            data = await asyncio.wait_for(self._act(device, req.action, args), ACTION_TIMEOUT)
+            async with lock:  # one action at a time per device
+                data = await asyncio.wait_for(self._act(device, req.action, args), ACTION_TIMEOUT)
         except ActionError as e:
             return Outcome("failed", "action_failed", str(e))
         except TimeoutError:
@@ -217,7 +219,7 @@ class CommandRouter:
         doc: dict[str, Any] = {
             "v": 1,
             "id": req.id if req else None,
-            "device": device_id,
+            "device": device_id if self.config.device(device_id) else device_id[:64],
             "action": req.action if req else None,
             "result": outcome.result,
             "code": outcome.code,

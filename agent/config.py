@@ -220,6 +220,13 @@ class _Checker:
             value = getattr(m, key)
             if value is not None and not _resolve_path(base, value).is_file():
                 self.add(f"mqtt.{key}", f"file {str(value)!r} does not exist or is not a file")
+        for entry, secret in (
+            ("mqtt.password_file", m.password_file),
+            ("mqtt.key_file", m.key_file),
+            ("privacy.card_key_file", site.privacy.card_key_file),
+        ):
+            if secret is not None:
+                self.check_secret(entry, _resolve_path(base, secret))
         if m.password_file is not None and m.password_env is not None:
             self.add("mqtt.password_env", "give password_file or password_env, not both")
         if (m.cert_file is None) != (m.key_file is None):
@@ -238,6 +245,19 @@ class _Checker:
         if pk.card_id == "hash" and pk.card_key_file is not None:
             if not _resolve_path(base, pk.card_key_file).is_file():
                 self.add("privacy.card_key_file", f"file {str(pk.card_key_file)!r} does not exist")
+
+    def check_secret(self, entry: str, path: Path) -> None:
+        """A secret file must not be readable by other users (like ssh's private keys)."""
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return  # reported as missing elsewhere
+        if mode & 0o007:
+            self.add(
+                entry,
+                f"{str(path)!r} is readable by every user on this machine; "
+                f"run: chmod 600 {path} (or 640 with the agent's group)",
+            )
 
     def check_tls(self, m: MqttSection, base: Path) -> None:
         """Load the TLS files the way the publisher will, so `check` catches bad PEM."""
@@ -270,10 +290,10 @@ class _Checker:
                 return parse_profile(ref, f"{self.file}: {entry}")
             if ref.endswith(".toml") or "/" in ref:
                 return load_profile_file(_resolve_path(base, Path(ref)))
-            known: dict[str, Path] = {}
+            # The site's own profile folders win over the shipped profiles.
+            known: dict[str, Path] = dict(shipped_profiles())
             for d in dirs:
                 known.update(shipped_profiles(d))
-            known.update(shipped_profiles())
             if ref not in known:
                 self.add(
                     entry, f"profile {ref!r} not found (known: {_one_of(sorted(known))}); "

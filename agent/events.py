@@ -7,6 +7,7 @@ its `seq`; after that the store and the publisher move bytes. Nothing here does 
 from __future__ import annotations
 
 import ctypes
+import math
 import ctypes.util
 import os
 import time
@@ -128,7 +129,11 @@ def encode(origin: Origin, ev: NewEvent, seq: int, event_id: str) -> bytes:
         doc["location"] = ev.location
     if ev.unsynced:
         doc["clock"] = "unsynced"
-    doc.update(ev.body)
+    for key, value in ev.body.items():
+        # A device value may not overwrite the envelope (a state point called "seq"...),
+        # and JSON has no NaN or infinity: those readings become null.
+        if key not in doc:
+            doc[key] = value if not isinstance(value, float) or math.isfinite(value) else None
     return orjson.dumps(doc)
 
 

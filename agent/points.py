@@ -6,10 +6,11 @@ Scale and offset, units, which values are telemetry, alarms or state, and alarm 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from agent.events import Kind, NewEvent
-from agent.sample import BoundDevice, Sample, Value
+from agent.sample import BoundDevice, Quality, Sample, Value
 
 
 def _scaled(value: Value, scale: float, offset: float) -> Value:
@@ -54,6 +55,9 @@ class DevicePoints:
                 self.unknown_points += 1
                 continue
             value = _scaled(raw, point.scale, point.offset)
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None  # type: ignore[assignment]  # JSON null; quality says why
+                sample = Sample(sample.device, sample.ts, sample.values, Quality.BAD)
             if point.kind == "telemetry":
                 values[name] = value
                 if point.unit:
@@ -78,6 +82,7 @@ class DevicePoints:
             elif self._state.get(name) != value:
                 self._state[name] = value
                 state[name] = value
+        # A state event is retained: it carries the whole known state, not only the change.
         if values:
             out.append(
                 self._event(
@@ -87,7 +92,7 @@ class DevicePoints:
                 )
             )
         if state:
-            out.append(self._event(Kind.STATE, sample.ts, {"online": True, **state}))
+            out.append(self._event(Kind.STATE, sample.ts, {"online": True, **self._state}))
         return out
 
     def availability(self, ts: float, *, online: bool, reason: str, info: dict[str, Value]) -> NewEvent:

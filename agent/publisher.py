@@ -205,7 +205,11 @@ class Publisher:
             if self.cfg.cert_file and self.cfg.key_file:
                 ctx.load_cert_chain(str(self.cfg.cert_file), str(self.cfg.key_file))
             client.tls_set_context(ctx)
-        client.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
+        # The will carries no time: the broker sends it later, when the connection is lost.
+        will = orjson.dumps(
+            {"v": 1, "state": "offline", "school": self.origin.school, "gateway": self.origin.gateway}
+        )
+        client.will_set(self.status_topic, will, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

@@ -156,7 +156,7 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the supervisor is where driver faults end
-                reason = f"{type(e).__name__}: {e}"
+                reason = _describe(e)
             self.restarts[bus.id] += 1
             log.error("driver failed, restarting: bus=%s reason=%r", bus.id, reason)
             for d in devices:
@@ -244,6 +244,8 @@ class Agent:
             "backlog": s.backlog,
             "oldest_unsent_age": self._oldest_age,
             "evicted": dict(s.evicted),
+            "lost_uncommitted": s.lost_uncommitted,
+            "store_recovered": s.recovered,
             "publish_rate": p.rate,
             "refused": {
                 "count": p.refused,
@@ -389,6 +391,13 @@ class Agent:
                 orjson.dumps({**self.local_status(), "pid": None, "stopped": time.time()})
             )
         log.info("stopped: drained=%s backlog=%d", drained, self.store.stats.backlog)
+
+
+def _describe(e: BaseException) -> str:
+    """'DriverError: port /dev/ttyUSB0 vanished', looking inside a TaskGroup's group."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return f"{type(e).__name__}: {e}"
 
 
 def _sd_notify(message: bytes) -> None:

@@ -300,8 +300,9 @@ def event_schema(kind: Kind) -> Json:
 
 def status_schema() -> Json:
     """The retained gateway status, and the last-will / clean-stop "offline" form of it."""
-    base = ["v", "state", "school", "gateway", "ts"]
+    base = ["v", "state", "school", "gateway"]
     online = [
+        "ts",
         "version",
         "uptime",
         "backlog",
@@ -329,8 +330,8 @@ def status_schema() -> Json:
         "$schema": DIALECT,
         "title": "campus/v1 gateway status",
         "description": f"Published retained on {TOPIC_ROOT}/{{school}}/{{gateway}}/status, "
-        'QoS 1. The last-will and a clean stop publish the "offline" form (only v, state, '
-        "school, gateway, ts).",
+        'QoS 1. The last-will publishes the "offline" form (v, state, school, gateway); '
+        "a clean stop adds ts.",
         "type": "object",
         "properties": {
             "v": {"const": SCHEMA_VERSION},
@@ -339,8 +340,8 @@ def status_schema() -> Json:
             "gateway": {"type": "string", "pattern": TOPIC_SAFE},
             "ts": {
                 "type": "number",
-                "description": "When the document was built, Unix seconds (for the "
-                "last-will: when the connection was opened).",
+                "description": "When the document was built, Unix seconds (the last-will "
+                "has no ts: the broker sends it when the connection is lost).",
             },
             "version": {"type": "string", "description": "Agent version."},
             "uptime": {"type": "number", "minimum": 0, "description": "Seconds."},
@@ -357,6 +358,16 @@ def status_schema() -> Json:
                 "description": "Events evicted from a full store since it was created, by "
                 "priority class (audit counts as access): this is the loss a seq gap shows.",
             },
+            "lost_uncommitted": {
+                **count,
+                "description": "Events dropped before they were committed (the disk refused "
+                "writes and memory filled): they never got a seq, so no gap shows them.",
+            },
+            "store_recovered": {
+                "type": ["object", "null"],
+                "description": "Set when a damaged store was moved aside at start-up: "
+                "{at, reason, moved_to}. What it held is lost; seq jumps forward.",
+            },
             "publish_rate": {
                 "type": "number",
                 "minimum": 0,
@@ -368,8 +379,12 @@ def status_schema() -> Json:
                     "count": {**count, "description": "Events the broker refused (MQTT 5)."},
                     "last": {"type": ["string", "null"]},
                     "parked": {**count, "description": "Refused events kept in the store."},
+                    "status_topic": {
+                        "type": ["string", "null"],
+                        "description": "Why the broker refused this status topic, if it did.",
+                    },
                 },
-                "required": ["count", "last", "parked"],
+                "required": ["count", "last", "parked", "status_topic"],
                 "additionalProperties": False,
             },
             "devices": {
@@ -383,7 +398,7 @@ def status_schema() -> Json:
         "additionalProperties": False,
         "if": {"properties": {"state": {"const": "online"}}, "required": ["state"]},
         "then": {"required": online},
-        "else": {"propertyNames": {"enum": base}},
+        "else": {"propertyNames": {"enum": [*base, "ts"]}},
     }
 
 
@@ -547,13 +562,15 @@ EXAMPLES: dict[str, list[Json]] = {
             "oldest_unsent_age": 0.4,
             "evicted": {"alarm": 0, "access": 0, "state": 0, "telemetry": 0},
             "publish_rate": 41.3,
-            "refused": {"count": 0, "last": None, "parked": 0},
+            "lost_uncommitted": 0,
+            "store_recovered": None,
+            "refused": {"count": 0, "last": None, "parked": 0, "status_topic": None},
             "devices": {
                 "a101-env": {"online": True, "since": 1795354068.1, "reason": ""},
                 "north-fence": {"online": True, "since": 1795354068.3, "reason": ""},
             },
         },
-        {"v": 1, "state": "offline", **_WHERE, "ts": 1795354067.9},
+        {"v": 1, "state": "offline", **_WHERE},
     ],
     "command-request.json": [
         {
@@ -752,7 +769,7 @@ def asyncapi() -> Json:
                             "topic": f"{base}/status",
                             "qos": 1,
                             "retain": True,
-                            "message": '{"v":1,"state":"offline","school":…,"gateway":…,"ts":…}',
+                            "message": '{"v":1,"state":"offline","school":…,"gateway":…}',
                         },
                         "bindingVersion": _BINDING_VERSION,
                     }

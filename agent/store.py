@@ -111,6 +111,7 @@ class Store:
         self._check_every = 0.5
         self._last_check = 0.0
         self._added_bytes = 0
+        self._last_evict_log = -1e9
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -260,6 +261,7 @@ class Store:
                 # Nothing queued is dropped: the batch is back in the queue; try again soon.
                 self.stats.last_error = f"store: {e}"
                 await asyncio.sleep(1.0)
+                self._wake.set()
 
     async def commit_now(self) -> int:
         """Commit queued events, acks and parks in one transaction; return events added."""
@@ -383,9 +385,21 @@ class Store:
         # written) and with the WAL bounded at cap/16, the files stay under the cap.
         self._last_check = time.monotonic()
         self._added_bytes = 0
+        self._last_evict_log = -1e9
         used = await self._measure()
         if used > self.max_size * 0.8:
             await self._evict_locked(used - int(self.max_size * 0.7))
+
+    def _log_eviction(self) -> None:
+        # An overflow evicts many times a second: say so at most every 30 s.
+        now = time.monotonic()
+        if now - self._last_evict_log >= 30.0:
+            self._last_evict_log = now
+            log.warning(
+                "store full (cap %d bytes): evicted so far %s",
+                self.max_size,
+                ", ".join(f"{k}={v}" for k, v in self.stats.evicted.items() if v),
+            )
 
     async def _evict_locked(self, need: int) -> None:
         """Delete about `need` bytes of events: oldest telemetry first, alarms last."""
@@ -417,12 +431,7 @@ class Store:
                     )
                     self.stats.backlog -= n
                     want -= n
-                    log.warning(
-                        "store full: evicted %d oldest %s events (cap %d bytes)",
-                        n,
-                        name,
-                        self.max_size,
-                    )
+                    self._log_eviction()
             await db.execute("COMMIT")
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):

@@ -54,6 +54,7 @@ def test_check_reports_unusable_tls_files(pki, make_agent, tmp_path):
 def test_refused_password_is_reported_and_nothing_lost(password_broker, make_agent, tmp_path):
     secret = tmp_path / "mqtt-password"
     secret.write_text("wrong-password-xyz\n")
+    secret.chmod(0o600)
     agent = make_agent(password_broker.url, env_device(rate=50),
                        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"')
     st = agent.wait_status(lambda s: s["broker"]["last_error"] and s["backlog"] > 50, 20, "a refusal")
@@ -69,6 +70,7 @@ def test_puback_failure_keeps_event_stored_and_status_says_why(password_broker, 
     sub = subscribers(password_broker, auth=("district", "district-pw"))
     secret = tmp_path / "mqtt-password"
     secret.write_text("s3cret-gw\n")
+    secret.chmod(0o600)
     agent = make_agent(password_broker.url, env_device(rate=20) + fence_device(),
                        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"', start=False)
     cfg = agent.config.read_text().replace('gateway = "gw-main"', 'gateway = "gw-wrong"')

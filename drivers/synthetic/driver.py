@@ -100,7 +100,7 @@ class SyntheticDriver:
     async def act(
         self, device: BoundDevice, action: str, args: Mapping[str, Any]
     ) -> Mapping[str, Value]:
-        """Synthetic actions set state points: arm/disarm set `armed`, set_* sets a value."""
+        """Synthetic actions: arm/disarm set the `armed` state point; fail always fails."""
         if action == "arm":
             self.state[device.id]["armed"] = True
         elif action == "disarm":
