@@ -96,7 +96,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     pid = doc.get("pid")
-    running = bool(pid) and _alive(int(pid)) and time.time() - float(doc.get("written", 0)) < 10
+    running = (
+        isinstance(pid, int) and _alive(pid) and time.time() - float(doc.get("written", 0)) < 10
+    )
     if args.json:
         return 0 if running else EXIT_NOT_RUNNING
     b = doc.get("broker", {})
@@ -107,7 +109,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     err = f" — last error: {b['last_error']}" if b.get("last_error") else ""
     print(f"broker:   {conn} to {b.get('url')}{err}")
     print(
-        f"backlog:  {doc.get('backlog')} events waiting, oldest {_age(doc.get('oldest_unsent_age'))}"
+        f"backlog:  {doc.get('backlog')} events waiting, "
+        f"oldest {_age(doc.get('oldest_unsent_age'))}"
         f"; publishing {doc.get('publish_rate')} events/s"
     )
     ev = doc.get("evicted", {})
@@ -160,9 +163,7 @@ def describe(topic: str, payload: bytes) -> str:
     if topic.endswith("/status"):
         if doc.get("state") != "online":
             return f"status    {doc.get('state')}"
-        return (
-            f"status    online backlog={doc.get('backlog')} rate={doc.get('publish_rate')}/s"
-        )
+        return f"status    online backlog={doc.get('backlog')} rate={doc.get('publish_rate')}/s"
     kind = doc.get("kind") or (parts[-2] if len(parts) >= 2 else "?")
     who = f"{doc.get('category', '?')}/{doc.get('device', parts[-1])}"
     head = f"{kind:9} {who:24} seq={doc.get('seq')} {doc.get('ts', '')}"
@@ -173,7 +174,9 @@ def describe(topic: str, payload: bytes) -> str:
         return f"{head} {vals}" + (f" quality={q}" if q != "good" else "")
     if kind == "alarm":
         zone = f" zone={doc['zone']}" if "zone" in doc else ""
-        return f"{head} {doc.get('alarm')} {str(doc.get('state')).upper()} {doc.get('severity')}{zone}"
+        return (
+            f"{head} {doc.get('alarm')} {str(doc.get('state')).upper()} {doc.get('severity')}{zone}"
+        )
     if kind == "state":
         rest = {k: v for k, v in doc.items() if k not in _ENVELOPE}
         return f"{head} " + " ".join(f"{k}={v}" for k, v in rest.items())
@@ -181,13 +184,25 @@ def describe(topic: str, payload: bytes) -> str:
         c = doc.get("command", {})
         return f"{head} command {c.get('action')} -> {c.get('result')} ({c.get('reason')})"
     if "cmd-reply" in parts:
-        return f"reply     {parts[-1]:24} id={doc.get('id')} {doc.get('result')}: {doc.get('reason')}"
+        return (
+            f"reply     {parts[-1]:24} id={doc.get('id')} {doc.get('result')}: {doc.get('reason')}"
+        )
     return f"{head} {payload[:120]!r}"
 
 
 _ENVELOPE = {
-    "v", "id", "seq", "ts", "school", "gateway", "device", "category", "profile", "kind",
-    "location", "clock",
+    "v",
+    "id",
+    "seq",
+    "ts",
+    "school",
+    "gateway",
+    "device",
+    "category",
+    "profile",
+    "kind",
+    "location",
+    "clock",
 }
 
 
@@ -231,7 +246,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if args.raw:
             print(msg.topic, msg.payload.decode(errors="replace"), flush=True)
         else:
-            print(describe(msg.topic, msg.payload), flush=True)
+            print(describe(msg.topic, bytes(msg.payload)), flush=True)
         seen += 1
         if args.count and seen >= args.count:
             c.disconnect()

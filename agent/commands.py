@@ -233,7 +233,7 @@ class CommandRouter:
         self._reply(f"{self._base}/cmd-reply/{safe_device}", body, None)
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         if response_topic:
-            out = Properties(PacketTypes.PUBLISH)
+            out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             corr = getattr(props, "CorrelationData", None)
             if corr:
                 out.CorrelationData = corr

@@ -242,9 +242,13 @@ class _Checker:
             )
         self.check_tls(m, base)
         pk = site.privacy
-        if pk.card_id == "hash" and pk.card_key_file is not None:
-            if not _resolve_path(base, pk.card_key_file).is_file():
-                self.add("privacy.card_key_file", f"file {str(pk.card_key_file)!r} does not exist")
+        card_key = pk.card_key_file
+        if (
+            pk.card_id == "hash"
+            and card_key is not None
+            and not _resolve_path(base, card_key).is_file()
+        ):
+            self.add("privacy.card_key_file", f"file {str(pk.card_key_file)!r} does not exist")
 
     def check_secret(self, entry: str, path: Path) -> None:
         """A secret file must not be readable by other users (like ssh's private keys)."""
@@ -296,8 +300,9 @@ class _Checker:
                 known.update(shipped_profiles(d))
             if ref not in known:
                 self.add(
-                    entry, f"profile {ref!r} not found (known: {_one_of(sorted(known))}); "
-                    "give a shipped id or a path to a .toml file"
+                    entry,
+                    f"profile {ref!r} not found (known: {_one_of(sorted(known))}); "
+                    "give a shipped id or a path to a .toml file",
                 )
                 return None
             return load_profile_file(known[ref])
@@ -424,7 +429,8 @@ def load_config(path: Path | str) -> SiteConfig:
             c.add(
                 f"commands.allow[{i}]",
                 f"{rule!r} matches no action of a configured device or a known profile; "
-                f"write CATEGORY.ACTION or DEVICE-ID.ACTION, e.g. {_one_of(sorted(known_actions)[:6])}",
+                "write CATEGORY.ACTION or DEVICE-ID.ACTION, e.g. "
+                + _one_of(sorted(known_actions)[:6]),
             )
 
     if c.problems:

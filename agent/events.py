@@ -7,8 +7,8 @@ its `seq`; after that the store and the publisher move bytes. Nothing here does 
 from __future__ import annotations
 
 import ctypes
-import math
 import ctypes.util
+import math
 import os
 import time
 import uuid

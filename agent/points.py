@@ -95,7 +95,9 @@ class DevicePoints:
             out.append(self._event(Kind.STATE, sample.ts, {"online": True, **self._state}))
         return out
 
-    def availability(self, ts: float, *, online: bool, reason: str, info: dict[str, Value]) -> NewEvent:
+    def availability(
+        self, ts: float, *, online: bool, reason: str, info: dict[str, Value]
+    ) -> NewEvent:
         """The state event for a device going online or offline."""
         body: dict[str, Any] = {"online": online, **self._state, **info}
         if reason:

@@ -122,7 +122,10 @@ def pydantic_problems(file: str, err: ValidationError, prefix: str = "") -> list
             expected = e.get("ctx", {}).get("expected", "")
             msg = f"{e['input']!r} is not allowed; use one of {expected}"
         elif kind == "string_pattern_mismatch":
-            msg = f"{e['input']!r} is not allowed here: use lowercase letters, digits and '-' or '_'"
+            msg = (
+                f"{e['input']!r} is not allowed here: use letters, digits, '-', '_' or '.' "
+                "(no '/', '+', '#' or spaces; ids are lowercase)"
+            )
         else:
             msg = str(e["msg"]).removeprefix("Value error, ")
         problems.append(Problem(file, entry, msg))

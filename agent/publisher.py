@@ -122,14 +122,14 @@ class Publisher:
                 self._note_error("connection to the broker lost")
                 await asyncio.sleep(self._backoff(attempt))
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until nothing is in flight (or timeout); True if drained."""
-        deadline = time.monotonic() + timeout
-        while self._inflight and time.monotonic() < deadline:
+    async def drain(self, limit: float) -> bool:
+        """Wait until nothing is in flight (or `limit` seconds); True if drained."""
+        deadline = time.monotonic() + limit
+        while self._inflight and time.monotonic() < deadline:  # noqa: ASYNC110 - paho has no awaitable
             await asyncio.sleep(0.01)
         return not self._inflight
 
-    async def stop(self, timeout: float = 2.0) -> None:
+    async def stop(self, limit: float = 2.0) -> None:
         """Publish the retained offline status and disconnect cleanly."""
         self._stopping = True
         client = self._client
@@ -137,8 +137,8 @@ class Publisher:
             info = client.publish(
                 self.status_topic, self._status_payload("offline"), qos=1, retain=True
             )
-            deadline = time.monotonic() + timeout
-            while not info.is_published() and time.monotonic() < deadline and self._client:
+            deadline = time.monotonic() + limit
+            while not info.is_published() and time.monotonic() < deadline and self._client:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             client.disconnect()
             client.loop_write()
@@ -169,7 +169,7 @@ class Publisher:
     # ---- connection ----------------------------------------------------------------
 
     def _backoff(self, attempt: int) -> float:
-        cap = min(self.cfg.reconnect_max, self.cfg.reconnect_min * (2 ** min(attempt, 20)))
+        cap: float = min(self.cfg.reconnect_max, self.cfg.reconnect_min * (2 ** min(attempt, 20)))
         # "Equal jitter": at least half the step, so a district's gateways spread out
         # after a broker restart instead of all retrying in the same second.
         return cap / 2 + random.uniform(0, cap / 2)
@@ -207,7 +207,12 @@ class Publisher:
             client.tls_set_context(ctx)
         # The will carries no time: the broker sends it later, when the connection is lost.
         will = orjson.dumps(
-            {"v": 1, "state": "offline", "school": self.origin.school, "gateway": self.origin.gateway}
+            {
+                "v": 1,
+                "state": "offline",
+                "school": self.origin.school,
+                "gateway": self.origin.gateway,
+            }
         )
         client.will_set(self.status_topic, will, qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -241,7 +246,9 @@ class Publisher:
             )
         except ssl.SSLCertVerificationError as e:
             self._teardown()
-            raise ConnectFailedError(f"TLS: broker certificate not trusted: {e.verify_message}") from None
+            raise ConnectFailedError(
+                f"TLS: broker certificate not trusted: {e.verify_message}"
+            ) from None
         except (OSError, ssl.SSLError) as e:
             self._teardown()
             raise ConnectFailedError(f"cannot reach {addr.host}:{addr.port}: {e}") from None
@@ -338,7 +345,7 @@ class Publisher:
                 self._loop.remove_reader(sock)
                 self._loop.remove_writer(sock)
             with contextlib.suppress(Exception):
-                client._sock_close()  # noqa: SLF001 - paho has no public close without DISCONNECT
+                client._sock_close()
         # Whatever was in flight on this connection is resent from the store next time.
         for _ in range(len(self._inflight)):
             self._slots.release()
@@ -446,5 +453,5 @@ class Publisher:
             return
         props = getattr(msg, "properties", None)
         task = asyncio.ensure_future(self.on_command(msg.topic, bytes(msg.payload), props))
-        self._tasks.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

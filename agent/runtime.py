@@ -28,7 +28,7 @@ from agent import __version__, registry
 from agent.commands import CommandRouter
 from agent.config import SiteConfig, load_config
 from agent.errors import ActionError, ConfigError
-from agent.events import ClockState, NewEvent, Origin
+from agent.events import ClockState, Origin
 from agent.points import DevicePoints
 from agent.publisher import Publisher
 from agent.sample import BoundDevice, BusSpec, Driver, Sample, Value
@@ -70,7 +70,12 @@ class _Sink:
             await a.store.add_wait(ev)
 
     async def availability(
-        self, device: str, *, online: bool, reason: str = "", info: Mapping[str, Value] | None = None
+        self,
+        device: str,
+        *,
+        online: bool,
+        reason: str = "",
+        info: Mapping[str, Value] | None = None,
     ) -> None:
         self.agent.set_available(device, online=online, reason=reason, info=dict(info or {}))
 
@@ -130,7 +135,9 @@ class Agent:
             log.info("device online: device=%s", device)
         else:
             log.warning("device offline: device=%s reason=%s", device, reason)
-        self.store.add(points.availability(time.time(), online=online, reason=reason, info=info or {}))
+        self.store.add(
+            points.availability(time.time(), online=online, reason=reason, info=info or {})
+        )
         self._status_dirty = True
 
     def _bind(self, devices: Sequence[BoundDevice]) -> None:
@@ -212,9 +219,9 @@ class Agent:
         new_devs = {b: tuple(d for d in new.devices if d.bus == b) for b in new_buses}
         self.config = new
         self.router.reconfigure(new)
-        for bus_id in old_buses:
+        for bus_id, old_bus in old_buses.items():
             if bus_id not in new_buses or (
-                old_buses[bus_id] != new_buses[bus_id] or old_devs[bus_id] != new_devs[bus_id]
+                old_bus != new_buses[bus_id] or old_devs[bus_id] != new_devs[bus_id]
             ):
                 await self._stop_bus(bus_id)
         live = {d.id for d in new.devices}
@@ -414,5 +421,3 @@ def _sd_notify(message: bytes) -> None:
 def run_agent(config: SiteConfig) -> int:
     """Run the agent in a fresh event loop."""
     return asyncio.run(Agent(config).run())
-
-

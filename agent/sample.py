@@ -67,7 +67,12 @@ class DeviceSink(Protocol):
         """Hand over one reading; returns once it is queued for the store."""
 
     async def availability(
-        self, device: str, *, online: bool, reason: str = "", info: Mapping[str, Value] | None = None
+        self,
+        device: str,
+        *,
+        online: bool,
+        reason: str = "",
+        info: Mapping[str, Value] | None = None,
     ) -> None:
         """Report that a device answers again (online) or stopped answering (offline)."""
 

@@ -370,9 +370,8 @@ class Store:
         async with db.execute("PRAGMA freelist_count") as cur:
             row = await cur.fetchone()
             free = int(row[0]) if row else 0
-        wal = Path(str(self.path) + "-wal")
         try:
-            wal_size = wal.stat().st_size
+            wal_size = os.stat(str(self.path) + "-wal").st_size
         except FileNotFoundError:
             wal_size = 0
         used = (pages - free) * self._page_size + wal_size

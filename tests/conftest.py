@@ -27,9 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def need(binary: str, package: str) -> str:
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    path = shutil.which(binary) or (
+        f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
+    )
     if path is None:
-        pytest.fail(f"{binary} is not installed: run `sudo apt-get install -y {package}` (tests/run.sh does)")
+        pytest.fail(
+            f"{binary} is not installed: run `sudo apt-get install -y {package}` (tests/run.sh does)"
+        )
     return path
 
 
@@ -40,7 +44,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str = "condition", every: float = 0.05) -> Any:
+def wait_for(
+    pred: Callable[[], Any], timeout: float, what: str = "condition", every: float = 0.05
+) -> Any:
     """Poll `pred` until it returns something truthy; fail with `what` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -55,7 +61,9 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str = "condition", e
 class Broker:
     """A mosquitto process on a free loopback port; stop() and start() keep port and state."""
 
-    def __init__(self, workdir: Path, *, host: str = "127.0.0.1", extra: str = "", listener_extra: str = "") -> None:
+    def __init__(
+        self, workdir: Path, *, host: str = "127.0.0.1", extra: str = "", listener_extra: str = ""
+    ) -> None:
         self.bin = need("mosquitto", "mosquitto")
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -93,13 +101,19 @@ class Broker:
         return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([self.bin, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [self.bin, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
         def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                log = (self.dir / "mosquitto.log").read_text() if (self.dir / "mosquitto.log").exists() else ""
+                log = (
+                    (self.dir / "mosquitto.log").read_text()
+                    if (self.dir / "mosquitto.log").exists()
+                    else ""
+                )
                 raise AssertionError(f"mosquitto exited: {log[-2000:]}")
             with socket.socket(family) as s:
                 return s.connect_ex((self.host, self.port)) == 0
@@ -144,21 +158,35 @@ class Subscriber:
     broker restart are queued by the broker and still arrive.
     """
 
-    def __init__(self, broker: Broker, topic: str, *, client_id: str | None = None, v5: bool = False,
-                 tls: dict[str, str] | None = None, auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        topic: str,
+        *,
+        client_id: str | None = None,
+        v5: bool = False,
+        tls: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.messages: list[Message] = []
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.v5 = v5
         cid = client_id or f"test-sub-{os.getpid()}-{id(self)}"
         if v5:
-            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5
+            )
         else:
-            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False
+            )
         if auth:
             self.client.username_pw_set(*auth)
         if tls:
-            self.client.tls_set(ca_certs=tls["ca"], certfile=tls.get("cert"), keyfile=tls.get("key"))
+            self.client.tls_set(
+                ca_certs=tls["ca"], certfile=tls.get("cert"), keyfile=tls.get("key")
+            )
         self.client.reconnect_delay_set(1, 1)
         self.topic = topic
         self.client.on_connect = self._on_connect
@@ -170,7 +198,9 @@ class Subscriber:
 
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
-            self.client.connect(broker.host, broker.port, keepalive=10, clean_start=False, properties=props)
+            self.client.connect(
+                broker.host, broker.port, keepalive=10, clean_start=False, properties=props
+            )
         else:
             self.client.connect(broker.host, broker.port, keepalive=10)
         self.client.loop_start()
@@ -183,8 +213,15 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
-            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.monotonic(),
-                                         getattr(msg, "properties", None)))
+            self.messages.append(
+                Message(
+                    msg.topic,
+                    bytes(msg.payload),
+                    bool(msg.retain),
+                    time.monotonic(),
+                    getattr(msg, "properties", None),
+                )
+            )
 
     def snapshot(self) -> list[Message]:
         with self.lock:
@@ -265,8 +302,20 @@ class AgentProc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config), "--log-level", "debug"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "agent.cli",
+                    "run",
+                    "--config",
+                    str(self.config),
+                    "--log-level",
+                    "debug",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
             )
 
     def log_text(self) -> str:
@@ -279,7 +328,9 @@ class AgentProc:
         except (OSError, json.JSONDecodeError):
             return {}
 
-    def wait_status(self, pred: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> dict[str, Any]:
+    def wait_status(
+        self, pred: Callable[[dict[str, Any]], Any], timeout: float, what: str
+    ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             s = self.status()
             return s if s and pred(s) else None
@@ -305,17 +356,34 @@ class AgentProc:
 
 
 @pytest.fixture
-def make_agent(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., AgentProc]]:
+def make_agent(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., AgentProc]]:
     made: list[AgentProc] = []
 
-    def make(broker_url: str, devices: str, *, mqtt_extra: str = "", max_size: str = "64MiB",
-             allow: str = '["fence.arm", "fence.disarm", "fence.fail"]', extra: str = "",
-             name: str = "agent", start: bool = True) -> AgentProc:
+    def make(
+        broker_url: str,
+        devices: str,
+        *,
+        mqtt_extra: str = "",
+        max_size: str = "64MiB",
+        allow: str = '["fence.arm", "fence.disarm", "fence.fail"]',
+        extra: str = "",
+        name: str = "agent",
+        start: bool = True,
+    ) -> AgentProc:
         d = tmp_path / name
         d.mkdir(exist_ok=True)
         cfg = d / "agent.toml"
-        cfg.write_text(BASE_CONFIG.format(url=broker_url, mqtt_extra=mqtt_extra, max_size=max_size, allow=allow)
-                       + "\n" + textwrap.dedent(devices) + "\n" + extra)
+        cfg.write_text(
+            BASE_CONFIG.format(
+                url=broker_url, mqtt_extra=mqtt_extra, max_size=max_size, allow=allow
+            )
+            + "\n"
+            + textwrap.dedent(devices)
+            + "\n"
+            + extra
+        )
         a = AgentProc(d, cfg)
         made.append(a)
         if start:
@@ -371,14 +439,43 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def make_ca(d: Path, name: str) -> None:
     """A throwaway CA: {name}.pem / {name}.key in d."""
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        cwd=d,
+    )
 
 
 def make_cert(d: Path, ca: str, name: str, cn: str, *, server: bool) -> None:
     """A certificate signed by `ca`: {name}.pem / {name}.key in d."""
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={cn}",
+        cwd=d,
+    )
     ext = d / f"{name}.ext"
     lines = ["basicConstraints=CA:FALSE", "authorityKeyIdentifier=keyid,issuer"]
     if server:
@@ -386,8 +483,24 @@ def make_cert(d: Path, ca: str, name: str, cn: str, *, server: bool) -> None:
     else:
         lines += ["extendedKeyUsage=clientAuth"]
     ext.write_text("\n".join(lines) + "\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", ext.name, cwd=d)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        ext.name,
+        cwd=d,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -420,13 +533,17 @@ def tls_broker(tmp_path: Path, pki: Path) -> Iterator[Broker]:
     d = tmp_path / "tls-broker"
     d.mkdir()
     (d / "acl").write_text(ACL)
-    b = Broker(d, listener_extra=textwrap.dedent(f"""\
+    b = Broker(
+        d,
+        listener_extra=textwrap.dedent(f"""\
         cafile {pki}/ca.pem
         certfile {pki}/server.pem
         keyfile {pki}/server.key
         require_certificate true
         use_identity_as_username true
-        """), extra=f"allow_anonymous false\nacl_file {d}/acl")
+        """),
+        extra=f"allow_anonymous false\nacl_file {d}/acl",
+    )
     b.start()
     yield b
     b.stop()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import signal
-
 from conftest import env_device, fence_device, wait_for
 
 
 def test_events_arrive_with_contract_topics(broker, subscribers, make_agent):
     sub = subscribers(broker)
     agent = make_agent(broker.url, env_device(rate=20) + fence_device(alarm_every="1s"))
-    wait_for(lambda: len(sub.events("alarm")) >= 2 and len(sub.events("telemetry")) >= 20, 20, "events")
+    wait_for(
+        lambda: len(sub.events("alarm")) >= 2 and len(sub.events("telemetry")) >= 20, 20, "events"
+    )
     for m in sub.snapshot():
         parts = m.topic.split("/")
         assert parts[:4] == ["campus", "v1", "pt-023", "gw-main"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -51,8 +50,14 @@ def test_allowlisted_command_is_carried_out_replied_and_audited(broker, subscrib
     r = wait_reply(sub, "cmd-disarm-0001")
     assert r["result"] == "ok" and r["code"] == "ok"
     assert r["data"]["armed"] is False
-    wait_for(lambda: any(a["id"] == "cmd-disarm-0001" and a["result"] == "ok" for a in audits(sub)), 10, "audit")
-    wait_for(lambda: any(e.get("armed") is False for e in sub.events("state")), 10, "armed=false state")
+    wait_for(
+        lambda: any(a["id"] == "cmd-disarm-0001" and a["result"] == "ok" for a in audits(sub)),
+        10,
+        "audit",
+    )
+    wait_for(
+        lambda: any(e.get("armed") is False for e in sub.events("state")), 10, "armed=false state"
+    )
     agent.wait_status(lambda s: s["commands"]["accepted"] == 1, 5, "accepted count")
     assert agent.terminate() == 0
 
@@ -62,22 +67,40 @@ HOSTILE = [
     (b"[1, 2, 3]", "malformed"),
     (json.dumps({"id": "cmd-missing-action", "ts": now_iso()}).encode(), "invalid"),
     (json.dumps({"id": "x", "action": "arm", "ts": now_iso()}).encode(), "invalid"),
-    (json.dumps({"id": "cmd-extra-key-01", "action": "arm", "ts": now_iso(), "sudo": True}).encode(), "invalid"),
+    (
+        json.dumps(
+            {"id": "cmd-extra-key-01", "action": "arm", "ts": now_iso(), "sudo": True}
+        ).encode(),
+        "invalid",
+    ),
     (command("explode", "cmd-unsupported-01"), "unsupported"),
     (command("fail", "cmd-not-allowed-01"), "not_allowed"),
     (command("arm", "cmd-bad-args-0001", args={"force": True}), "bad_args"),
-    (json.dumps({"id": "cmd-expired-00001", "action": "arm", "ts": now_iso(-3600)}).encode(), "expired"),
-    (json.dumps({"id": "cmd-expired-00002", "action": "arm", "ts": now_iso(),
-                 "expires": now_iso(-5)}).encode(), "expired"),
-    (json.dumps({"id": "cmd-future-000001", "action": "arm", "ts": now_iso(3600)}).encode(), "from_future"),
+    (
+        json.dumps({"id": "cmd-expired-00001", "action": "arm", "ts": now_iso(-3600)}).encode(),
+        "expired",
+    ),
+    (
+        json.dumps(
+            {"id": "cmd-expired-00002", "action": "arm", "ts": now_iso(), "expires": now_iso(-5)}
+        ).encode(),
+        "expired",
+    ),
+    (
+        json.dumps({"id": "cmd-future-000001", "action": "arm", "ts": now_iso(3600)}).encode(),
+        "from_future",
+    ),
     (b'{"id": "' + b"A" * 20000 + b'"}', "too_large"),
 ]
 
 
 def test_hostile_and_malformed_commands_are_rejected_with_reasons(broker, subscribers, make_agent):
     sub = subscribers(broker)
-    agent = make_agent(broker.url, env_device(rate=50) + fence_device(alarm_every="300ms"),
-                       allow='["fence.arm", "fence.disarm"]')
+    agent = make_agent(
+        broker.url,
+        env_device(rate=50) + fence_device(alarm_every="300ms"),
+        allow='["fence.arm", "fence.disarm"]',
+    )
     agent.wait_status(lambda s: s["broker"]["connected"], 10, "connection")
     for payload, _ in HOSTILE:
         sub.publish(CMD + "north-fence", payload)
@@ -91,13 +114,17 @@ def test_hostile_and_malformed_commands_are_rejected_with_reasons(broker, subscr
     assert {r["device"] for r in replies(sub)} >= {"north-fence", "no-such-device"}
     unknown = next(m for m in sub.snapshot() if m.topic.endswith("/cmd-reply/_unknown"))
     assert unknown.json()["code"] == "unknown_device"
-    st = agent.wait_status(lambda s: sum(s["commands"]["rejected"].values()) == len(expected), 5, "counts")
+    st = agent.wait_status(
+        lambda s: sum(s["commands"]["rejected"].values()) == len(expected), 5, "counts"
+    )
     assert st["commands"]["rejected"]["malformed"] == 2
     assert st["commands"]["accepted"] == 0
     wait_for(lambda: len(audits(sub)) >= len(expected), 10, "an audit event for every command")
     assert agent.alive()
     # Nothing was lost while the agent was being attacked.
-    last = agent.wait_status(lambda s: s["store"]["last_seq"] > 200, 20, "events")["store"]["last_seq"]
+    last = agent.wait_status(lambda s: s["store"]["last_seq"] > 200, 20, "events")["store"][
+        "last_seq"
+    ]
     wait_for(lambda: {e["seq"] for e in sub.events()} >= set(range(1, last + 1)), 20, "every seq")
     assert agent.terminate() == 0
 
@@ -111,7 +138,9 @@ def test_replayed_command_is_rejected_even_after_restart(broker, subscribers, ma
     assert wait_reply(sub, "cmd-replay-000001")["result"] == "ok"
     assert agent.terminate() == 0
     agent.start()
-    agent.wait_status(lambda s: s["broker"]["connected"] and s["pid"] == agent.proc.pid, 10, "reconnect")
+    agent.wait_status(
+        lambda s: s["broker"]["connected"] and s["pid"] == agent.proc.pid, 10, "reconnect"
+    )
     sub.publish(CMD + "north-fence", payload)
     wait_for(lambda: len(replies(sub, "cmd-replay-000001")) == 2, 10, "the second reply")
     assert replies(sub, "cmd-replay-000001")[1]["code"] == "replayed"
@@ -137,7 +166,9 @@ def test_mqtt5_response_topic_and_correlation_data(broker, subscribers, make_age
     props.ResponseTopic = "campus/district/replies/42"
     props.CorrelationData = b"corr-\x00\x01"
     sub.publish(CMD + "north-fence", command("arm", "cmd-v5-resp-0001"), properties=props)
-    msg = wait_for(lambda: [m for m in sub.snapshot() if m.topic == "campus/district/replies/42"], 10, "reply")[0]
+    msg = wait_for(
+        lambda: [m for m in sub.snapshot() if m.topic == "campus/district/replies/42"], 10, "reply"
+    )[0]
     assert msg.json()["result"] == "ok"
     assert msg.properties.CorrelationData == b"corr-\x00\x01"
     assert replies(sub, "cmd-v5-resp-0001")  # also on the gateway's reply topic

@@ -30,7 +30,11 @@ def assert_in_order_per_device_and_kind(events):
 
 def wait_all_seqs(sub, upto, timeout, agent=None):
     try:
-        wait_for(lambda: seqs(sub.events()) >= set(range(1, upto + 1)), timeout, f"every seq up to {upto}")
+        wait_for(
+            lambda: seqs(sub.events()) >= set(range(1, upto + 1)),
+            timeout,
+            f"every seq up to {upto}",
+        )
     except AssertionError:
         missing = sorted(set(range(1, upto + 1)) - seqs(sub.events()))
         st = agent.status() if agent else {}
@@ -54,7 +58,9 @@ def test_broker_outage_every_seq_arrives_in_order(broker, subscribers, make_agen
     agent = make_agent(broker.url, env_device(rate=200) + fence_device(alarm_every="500ms"))
     wait_for(lambda: len(sub.events()) > 200, 20, "events before the outage")
     broker.stop()
-    agent.wait_status(lambda s: not s["broker"]["connected"] and s["backlog"] > 600, 20, "a backlog")
+    agent.wait_status(
+        lambda s: not s["broker"]["connected"] and s["backlog"] > 600, 20, "a backlog"
+    )
     broker.start()
     agent.wait_status(lambda s: s["broker"]["connected"], 20, "reconnect")
     upto = agent.wait_status(lambda s: s["store"]["last_seq"] > 0, 5, "status")["store"]["last_seq"]
@@ -71,8 +77,13 @@ def test_sigkill_mid_stream_loses_nothing_committed(broker, subscribers, make_ag
     hwm = committed_high_water(agent.dir / "outbox.db")
     assert hwm > 300
     # The last will tells the district the gateway went away.
-    wait_for(lambda: any(m.topic.endswith("/status") and m.json()["state"] == "offline"
-                         for m in sub.snapshot()), 10, "the last-will offline status")
+    wait_for(
+        lambda: any(
+            m.topic.endswith("/status") and m.json()["state"] == "offline" for m in sub.snapshot()
+        ),
+        10,
+        "the last-will offline status",
+    )
     agent.start()
     wait_all_seqs(sub, hwm, 30, agent)
     # seq keeps increasing across the restart.
@@ -84,8 +95,11 @@ def test_sigkill_mid_stream_loses_nothing_committed(broker, subscribers, make_ag
 
 def test_alarm_raised_during_backlog_arrives_before_backlog(broker, subscribers, make_agent):
     sub = subscribers(broker)
-    agent = make_agent(broker.url, env_device(rate=2500) + fence_device(alarm_every="300ms", poll="50ms"),
-                       mqtt_extra="window = 50")
+    agent = make_agent(
+        broker.url,
+        env_device(rate=2500) + fence_device(alarm_every="300ms", poll="50ms"),
+        mqtt_extra="window = 50",
+    )
     wait_for(lambda: len(sub.events("telemetry")) > 100, 20, "events before the outage")
     broker.stop()
     down_at = time.time()
@@ -122,13 +136,19 @@ def _ts(e):
 def test_byte_cap_evicts_oldest_telemetry_and_keeps_alarms(broker, subscribers, make_agent):
     sub = subscribers(broker)
     broker.stop()
-    agent = make_agent(broker.url, env_device(rate=1500) + fence_device(alarm_every="200ms", poll="50ms"),
-                       max_size="256KiB")
+    agent = make_agent(
+        broker.url,
+        env_device(rate=1500) + fence_device(alarm_every="200ms", poll="50ms"),
+        max_size="256KiB",
+    )
     st = agent.wait_status(lambda s: s["evicted"]["telemetry"] > 3000, 40, "telemetry eviction")
     assert st["evicted"]["alarm"] == 0
     assert st["store"]["used_bytes"] <= 256 * 1024
-    on_disk = sum((agent.dir / f).stat().st_size for f in ("outbox.db", "outbox.db-wal")
-                  if (agent.dir / f).exists())
+    on_disk = sum(
+        (agent.dir / f).stat().st_size
+        for f in ("outbox.db", "outbox.db-wal")
+        if (agent.dir / f).exists()
+    )
     assert on_disk <= 256 * 1024, f"{on_disk} bytes on disk for a 256 KiB cap"
     assert agent.terminate() == 0  # nothing more is produced from here on
     final = agent.status()

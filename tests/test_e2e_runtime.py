@@ -15,8 +15,13 @@ pytestmark = pytest.mark.slow
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_sighup_adds_and_removes_devices_without_losing_events(broker, subscribers, make_agent):
@@ -28,7 +33,9 @@ def test_sighup_adds_and_removes_devices_without_losing_events(broker, subscribe
     agent.config.write_text(head + fence_device(alarm_every="300ms"))
     agent.signal(signal.SIGHUP)
     wait_for(lambda: sub.events("alarm"), 20, "alarms from the added fence")
-    st = agent.wait_status(lambda s: s["reloads"] == 1 and "a101-env" not in s["devices"], 10, "reload")
+    st = agent.wait_status(
+        lambda s: s["reloads"] == 1 and "a101-env" not in s["devices"], 10, "reload"
+    )
     assert "north-fence" in st["devices"]
     n_env = len([e for e in sub.events("telemetry") if e["device"] == "a101-env"])
     time.sleep(1.0)  # the removed device must stay silent; nothing to poll for
@@ -53,14 +60,22 @@ def test_bad_config_on_sighup_is_refused_and_old_one_keeps_running(broker, subsc
     assert agent.terminate() == 0
 
 
-def test_failing_driver_is_restarted_and_device_reported_offline_then_online(broker, subscribers, make_agent):
+def test_failing_driver_is_restarted_and_device_reported_offline_then_online(
+    broker, subscribers, make_agent
+):
     sub = subscribers(broker)
-    agent = make_agent(broker.url, env_device(rate=20).replace("rate = 20", 'rate = 20\ncrash_after = "700ms"'))
+    agent = make_agent(
+        broker.url, env_device(rate=20).replace("rate = 20", 'rate = 20\ncrash_after = "700ms"')
+    )
 
     def states():
         return [e for e in sub.events("state") if e["device"] == "a101-env"]
 
-    wait_for(lambda: [e["online"] for e in states()][:3] == [True, False, True], 20, "online, offline, online")
+    wait_for(
+        lambda: [e["online"] for e in states()][:3] == [True, False, True],
+        20,
+        "online, offline, online",
+    )
     offline = states()[1]
     assert "synthetic fault injected" in offline["reason"]
     st = agent.wait_status(lambda s: s["driver_restarts"].get("sim", 0) >= 1, 10, "restart count")
@@ -95,7 +110,9 @@ def test_damaged_store_is_moved_aside_and_agent_starts(broker, subscribers, make
 
 def test_status_and_tail_commands(broker, make_agent):
     agent = make_agent(broker.url, env_device(rate=20) + fence_device(alarm_every="500ms"))
-    agent.wait_status(lambda s: s["broker"]["connected"] and s["devices"]["north-fence"]["online"], 20, "up")
+    agent.wait_status(
+        lambda s: s["broker"]["connected"] and s["devices"]["north-fence"]["online"], 20, "up"
+    )
     r = cli("status", "--config", str(agent.config))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "agent:    running" in r.stdout
@@ -105,7 +122,9 @@ def test_status_and_tail_commands(broker, make_agent):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 8
-    assert any(line.startswith("telemetry env/a101-env") and "temperature=" in line for line in lines)
+    assert any(
+        line.startswith("telemetry env/a101-env") and "temperature=" in line for line in lines
+    )
     assert agent.terminate() == 0
     r = cli("status", "--config", str(agent.config))
     assert r.returncode == 3

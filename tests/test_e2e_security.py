@@ -16,18 +16,28 @@ def tls_extra(pki, ca="ca"):
 
 
 def test_tls_client_certificate_and_acl_deliver_events(tls_broker, pki, subscribers, make_agent):
-    sub = subscribers(tls_broker, tls={"ca": f"{pki}/ca.pem", "cert": f"{pki}/district.pem",
-                                       "key": f"{pki}/district.key"})
-    agent = make_agent(tls_broker.url, env_device(rate=20) + fence_device(), mqtt_extra=tls_extra(pki))
+    sub = subscribers(
+        tls_broker,
+        tls={"ca": f"{pki}/ca.pem", "cert": f"{pki}/district.pem", "key": f"{pki}/district.key"},
+    )
+    agent = make_agent(
+        tls_broker.url, env_device(rate=20) + fence_device(), mqtt_extra=tls_extra(pki)
+    )
     assert tls_broker.url.startswith("mqtts://127.0.0.1:")
-    wait_for(lambda: len(sub.events("telemetry")) >= 10 and sub.events("alarm"), 20, "events over TLS")
+    wait_for(
+        lambda: len(sub.events("telemetry")) >= 10 and sub.events("alarm"), 20, "events over TLS"
+    )
     agent.wait_status(lambda s: s["broker"]["connected"], 5, "status: connected")
     assert agent.terminate() == 0
 
 
 def test_untrusted_broker_certificate_is_refused_and_events_kept(tls_broker, pki, make_agent):
-    agent = make_agent(tls_broker.url, env_device(rate=50), mqtt_extra=tls_extra(pki, ca="other-ca"))
-    st = agent.wait_status(lambda s: s["broker"]["last_error"] and s["backlog"] > 50, 20, "a TLS error")
+    agent = make_agent(
+        tls_broker.url, env_device(rate=50), mqtt_extra=tls_extra(pki, ca="other-ca")
+    )
+    st = agent.wait_status(
+        lambda s: s["broker"]["last_error"] and s["backlog"] > 50, 20, "a TLS error"
+    )
     assert "not trusted" in st["broker"]["last_error"]
     assert st["broker"]["connected"] is False
     assert agent.alive()
@@ -35,8 +45,13 @@ def test_untrusted_broker_certificate_is_refused_and_events_kept(tls_broker, pki
 
 
 def _check(config) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "check", "--config", str(config)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "check", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_check_reports_unusable_tls_files(pki, make_agent, tmp_path):
@@ -55,24 +70,35 @@ def test_refused_password_is_reported_and_nothing_lost(password_broker, make_age
     secret = tmp_path / "mqtt-password"
     secret.write_text("wrong-password-xyz\n")
     secret.chmod(0o600)
-    agent = make_agent(password_broker.url, env_device(rate=50),
-                       mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"')
-    st = agent.wait_status(lambda s: s["broker"]["last_error"] and s["backlog"] > 50, 20, "a refusal")
+    agent = make_agent(
+        password_broker.url,
+        env_device(rate=50),
+        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"',
+    )
+    st = agent.wait_status(
+        lambda s: s["broker"]["last_error"] and s["backlog"] > 50, 20, "a refusal"
+    )
     assert "refused" in st["broker"]["last_error"]
     assert agent.alive()
     assert agent.terminate() == 0
     assert "wrong-password-xyz" not in agent.log_text()
 
 
-def test_puback_failure_keeps_event_stored_and_status_says_why(password_broker, subscribers, make_agent, tmp_path):
+def test_puback_failure_keeps_event_stored_and_status_says_why(
+    password_broker, subscribers, make_agent, tmp_path
+):
     """A gateway set up with the wrong gateway id publishes outside its ACL subtree: with
     MQTT 5 the broker's PUBACK says 'Not authorized' and the events stay stored."""
     sub = subscribers(password_broker, auth=("district", "district-pw"))
     secret = tmp_path / "mqtt-password"
     secret.write_text("s3cret-gw\n")
     secret.chmod(0o600)
-    agent = make_agent(password_broker.url, env_device(rate=20) + fence_device(),
-                       mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"', start=False)
+    agent = make_agent(
+        password_broker.url,
+        env_device(rate=20) + fence_device(),
+        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"',
+        start=False,
+    )
     cfg = agent.config.read_text().replace('gateway = "gw-main"', 'gateway = "gw-wrong"')
     agent.config.write_text(cfg)
     agent.start()
@@ -88,7 +114,9 @@ def test_puback_failure_keeps_event_stored_and_status_says_why(password_broker, 
     import sqlite3
 
     con = sqlite3.connect(agent.dir / "outbox.db")
-    (n,) = con.execute("SELECT count(*) FROM outbox WHERE parked LIKE '%Not authorized%'").fetchone()
+    (n,) = con.execute(
+        "SELECT count(*) FROM outbox WHERE parked LIKE '%Not authorized%'"
+    ).fetchone()
     assert n >= 2
 
 
@@ -110,6 +138,10 @@ def test_ipv6_literal_broker_url(ipv6_broker, subscribers, make_agent):
 
 def test_mqtt_311_by_config(broker, subscribers, make_agent):
     sub = subscribers(broker)
-    agent = make_agent(broker.url, env_device(rate=20) + fence_device(), mqtt_extra='protocol = "3.1.1"')
-    wait_for(lambda: len(sub.events("telemetry")) >= 5 and sub.events("alarm"), 20, "events over 3.1.1")
+    agent = make_agent(
+        broker.url, env_device(rate=20) + fence_device(), mqtt_extra='protocol = "3.1.1"'
+    )
+    wait_for(
+        lambda: len(sub.events("telemetry")) >= 5 and sub.events("alarm"), 20, "events over 3.1.1"
+    )
     assert agent.terminate() == 0

@@ -1,0 +1,79 @@
+"""Hostile command payloads against the real router: never a crash, always one reply and one
+audit event. The router's collaborators are passed in through its constructor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.commands import CommandRouter
+from agent.config import load_config
+
+TOPIC = "campus/v1/pt-023/gw-main/cmd/"
+
+
+def router(tmp: Path):
+    text = (Path(__file__).parent.parent / "examples" / "demo.toml").read_text()
+    cfg = tmp / "agent.toml"
+    cfg.write_text(text.replace("PORT", "1883"))
+    config = load_config(cfg)
+    seen: set[str] = set()
+    replies: list[bytes] = []
+    audits: list[object] = []
+
+    async def act(device, action, args):
+        return {"armed": action == "arm"}
+
+    async def remember(cid, until):
+        if cid in seen:
+            return False
+        seen.add(cid)
+        return True
+
+    def reply(topic, payload, props):
+        replies.append(payload)
+        return True
+
+    r = CommandRouter(config, act=act, remember=remember, reply=reply, record=audits.append)
+    return r, replies, audits
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+command_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=40) | json_values,
+        "action": st.sampled_from(["arm", "disarm", "fail", "x"]) | json_values,
+        "args": json_values,
+        "ts": st.sampled_from(["2026-11-23T10:00:00Z", "yesterday", "2026-11-23T10:00:00"])
+        | json_values,
+        "expires": json_values,
+    },
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    payload=st.binary(max_size=300) | command_like.map(lambda d: json.dumps(d).encode()),
+    device=st.sampled_from(["north-fence", "a101-env", "nope", "", "../../x", "#"]),
+)
+def test_any_payload_gets_one_reply_and_one_audit(tmp_path, payload, device):
+    r, replies, audits = router(tmp_path)
+    asyncio.run(r.handle(TOPIC + device, payload, None))
+    assert len(replies) == 1
+    assert len(audits) == 1
+    doc = json.loads(replies[0])
+    assert doc["result"] in ("ok", "rejected", "failed")
+    assert doc["reason"]

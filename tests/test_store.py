@@ -1,0 +1,165 @@
+"""The outbox, in process against real SQLite files: group commit, seq, priorities, the cap,
+recovery of a damaged file, and replay memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+
+import pytest
+
+from agent.events import Kind, NewEvent, Origin
+from agent.store import Store
+
+pytestmark = pytest.mark.asyncio
+ORIGIN = Origin("campus/v1", "pt-023", "gw-main")
+
+
+def ev(kind: Kind = Kind.TELEMETRY, n: int = 0, pad: int = 0) -> NewEvent:
+    body = {"values": {"n": n, "pad": "x" * pad}, "units": {}, "quality": "good"}
+    if kind == Kind.ALARM:
+        body = {"alarm": "zone_1", "state": "active", "severity": "critical", "value": True}
+    return NewEvent(kind, "dev-1", "env", "synthetic-env", time.time(), body)
+
+
+async def open_store(path, **kw) -> Store:
+    s = Store(path, ORIGIN, max_size=kw.pop("max_size", 64 << 20), **kw)
+    await s.open()
+    return s
+
+
+async def test_group_commit_assigns_consecutive_seqs_that_survive_reopen(tmp_path):
+    s = await open_store(tmp_path / "o.db")
+    for i in range(1000):
+        s.add(ev(n=i))
+    assert await s.commit_now() == 1000
+    rows = await s.fetch({}, 2000)
+    assert [r.seq for r in rows] == list(range(1, 1001))
+    doc = json.loads(rows[0].payload)
+    assert doc["seq"] == 1 and doc["v"] == 1 and doc["kind"] == "telemetry"
+    assert rows[0].topic == "campus/v1/pt-023/gw-main/telemetry/env/dev-1"
+    s.ack(r.seq for r in rows)
+    await s.commit_now()
+    assert await s.count() == 0
+    await s.close()
+    s2 = await open_store(tmp_path / "o.db")
+    s2.add(ev())
+    await s2.commit_now()
+    (row,) = await s2.fetch({}, 10)
+    assert row.seq == 1001, "seq must keep increasing across restarts, even with an empty outbox"
+    await s2.close()
+
+
+async def test_alarms_are_fetched_before_older_telemetry(tmp_path):
+    s = await open_store(tmp_path / "o.db")
+    for i in range(50):
+        s.add(ev(n=i))
+    s.add(ev(Kind.ALARM))
+    await s.commit_now()
+    first = await s.fetch({}, 10)
+    assert [r.priority for r in first] == [0]
+    assert first[0].seq == 51
+    rest = await s.fetch({0: 51}, 100)
+    assert [r.seq for r in rest] == list(range(1, 51))
+    await s.close()
+
+
+async def test_cap_evicts_oldest_telemetry_first_and_keeps_alarms(tmp_path):
+    cap = 256 * 1024
+    s = await open_store(tmp_path / "o.db", max_size=cap)
+    for i in range(3000):
+        s.add(ev(Kind.ALARM if i % 100 == 0 else Kind.TELEMETRY, n=i, pad=200))
+        if i % 50 == 0:
+            await s.commit_now()
+    await s.commit_now()
+    assert s.stats.evicted["telemetry"] > 1000
+    assert s.stats.evicted["alarm"] == 0
+    rows = await s.fetch({}, 10_000)
+    assert sum(1 for r in rows if r.priority == 0) == 30  # every alarm is still there
+    tele = sorted(r.seq for r in (await s.fetch({0: 10**9}, 10_000)))
+    kept = set(tele)
+    evicted = [q for q in range(1, 3001) if q not in kept and (q - 1) % 100 != 0]
+    assert max(evicted) < min(tele), "not the oldest telemetry"
+    on_disk = sum(p.stat().st_size for p in tmp_path.iterdir() if p.name in ("o.db", "o.db-wal"))
+    assert on_disk <= cap
+    await s.close()
+    s2 = await open_store(tmp_path / "o.db", max_size=cap)
+    assert s2.stats.evicted["telemetry"] == s.stats.evicted["telemetry"]  # counts persist
+    await s2.close()
+
+
+async def test_only_alarms_left_then_oldest_alarms_go(tmp_path):
+    s = await open_store(tmp_path / "o.db", max_size=256 * 1024)
+    for i in range(3000):
+        s.add(ev(Kind.ALARM, n=i))
+        if i % 50 == 0:
+            await s.commit_now()
+    await s.commit_now()
+    assert s.stats.evicted["alarm"] > 0
+    rows = await s.fetch({}, 10_000)
+    assert rows[-1].seq == 3000  # the newest are kept
+    await s.close()
+
+
+async def test_damaged_file_is_moved_aside_and_a_fresh_store_started(tmp_path):
+    path = tmp_path / "o.db"
+    s = await open_store(path)
+    for _ in range(10):
+        s.add(ev())
+    await s.commit_now()
+    await s.close()
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # smash the header and schema page
+    path.write_bytes(bytes(data))
+    s2 = await open_store(path)
+    rec = s2.stats.recovered
+    assert rec is not None and "moved_to" in rec
+    assert (tmp_path / rec["moved_to"]).exists()
+    s2.add(ev())
+    await s2.commit_now()
+    (row,) = await s2.fetch({}, 10)
+    assert row.seq > 10, "seq must not go back after a recovery"
+    await s2.close()
+
+
+async def test_commands_are_remembered_across_reopen(tmp_path):
+    s = await open_store(tmp_path / "o.db")
+    assert await s.remember_command("cmd-1", time.time() + 60)
+    assert not await s.remember_command("cmd-1", time.time() + 60)
+    await s.close()
+    s2 = await open_store(tmp_path / "o.db")
+    assert not await s2.remember_command("cmd-1", time.time() + 60)
+    assert await s2.remember_command("cmd-2", time.time() + 60)
+    await s2.close()
+
+
+async def test_parked_events_are_not_fetched_until_retried(tmp_path):
+    s = await open_store(tmp_path / "o.db")
+    for _ in range(3):
+        s.add(ev())
+    await s.commit_now()
+    s.park(2, "Not authorized")
+    await s.commit_now()
+    assert [r.seq for r in await s.fetch({}, 10)] == [1, 3]
+    assert await s.unpark_all() == 1
+    assert [r.seq for r in await s.fetch({}, 10)] == [1, 2, 3]
+    await s.close()
+
+
+async def test_concurrent_commits_never_reuse_a_seq(tmp_path):
+    s = await open_store(tmp_path / "o.db")
+
+    async def producer(k):
+        for i in range(200):
+            s.add(ev(n=k * 1000 + i))
+            if i % 7 == 0:
+                await s.commit_now()
+
+    await asyncio.gather(*(producer(k) for k in range(5)))
+    await s.commit_now()
+    con = sqlite3.connect(tmp_path / "o.db")
+    (n, lo, hi) = con.execute("SELECT count(*), min(seq), max(seq) FROM outbox").fetchone()
+    assert (n, lo, hi) == (1000, 1, 1000)
+    await s.close()
