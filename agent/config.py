@@ -44,6 +44,9 @@ class AgentSection(_Strict):
     gateway: str = Field(pattern=TOPIC_SAFE)
     topic_prefix: str = "campus/v1"
     status_interval: Duration = 30.0
+    # Where `campus-agent status` reads the local status; default: beside the store. Put it
+    # on another file system (/run/campus-agent/status.json) so a full disk cannot hide it.
+    status_file: Path | None = None
     drain_timeout: Duration = 5.0
 
     @field_validator("topic_prefix")
@@ -443,6 +446,8 @@ def load_config(path: Path | str) -> SiteConfig:
         }
     )
     store = site.store.model_copy(update={"path": _resolve_path(base, site.store.path)})
+    status_file = site.agent.status_file or store.path.with_name(store.path.name + ".status.json")
+    agent = site.agent.model_copy(update={"status_file": _resolve_path(base, status_file)})
     privacy = site.privacy
     if privacy.card_key_file is not None:
         privacy = privacy.model_copy(
@@ -450,7 +455,7 @@ def load_config(path: Path | str) -> SiteConfig:
         )
     return SiteConfig(
         path=path,
-        agent=site.agent,
+        agent=agent,
         mqtt=mqtt,
         store=store,
         privacy=privacy,

@@ -42,7 +42,8 @@ RESTART_MAX = 60.0
 
 def status_path(config: SiteConfig) -> Path:
     """Where the running agent writes its local status (read by `campus-agent status`)."""
-    return config.store.path.with_name(config.store.path.name + ".status.json")
+    assert config.agent.status_file is not None  # noqa: S101 - load_config always sets it
+    return config.agent.status_file
 
 
 @dataclass
@@ -313,12 +314,20 @@ class Agent:
         path = status_path(self.config)
         tmp = path.with_name(path.name + ".tmp")
         last_public = 0.0
+        status_error: OSError | None = None
         while True:
             self._oldest_age = await self.store.oldest_age()
             if self._oldest_age is not None:
                 self._oldest_age = round(self._oldest_age, 1)
-            tmp.write_bytes(orjson.dumps(self.local_status(), option=orjson.OPT_INDENT_2))
-            tmp.replace(path)
+            try:
+                tmp.write_bytes(orjson.dumps(self.local_status(), option=orjson.OPT_INDENT_2))
+                tmp.replace(path)
+                status_error = None
+            except OSError as e:
+                # A full disk must not stop the agent; the MQTT status still goes out.
+                if status_error is None:
+                    log.warning("cannot write the status file %s: %s", path, e.strerror)
+                status_error = e
             now = time.monotonic()
             if self._status_dirty or now - last_public >= self.config.agent.status_interval:
                 self.publisher.publish_status()

@@ -112,6 +112,8 @@ class Store:
         self._last_check = 0.0
         self._added_bytes = 0
         self._last_evict_log = -1e9
+        self.reserve = path.with_name(path.name + ".reserve")
+        self.reserve_size = min(4 << 20, max(256 << 10, max_size // 32))
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -134,6 +136,7 @@ class Store:
                 moved,
                 reason,
             )
+        self._ensure_reserve()
         db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db = db
         await db.execute("PRAGMA journal_mode=WAL")
@@ -323,10 +326,11 @@ class Store:
             self._pending[:0] = batch
             self._acks[:0] = acks
             self._parks[:0] = parks
+            if self.stats.last_error is None:  # once per episode, not once per retry
+                log.error("store commit failed, will retry: path=%s error=%r", self.path, str(e))
             self.stats.last_error = f"commit failed: {e}"
-            log.error("store commit failed, will retry: path=%s error=%r", self.path, str(e))
             if _is_full(e):
-                await self._evict_locked(self._page_size * 256)
+                await self._make_room()
             raise StoreFullError(str(e)) from e
         self.stats.last_error = None
         self._next_seq = seq
@@ -379,15 +383,75 @@ class Store:
         return used
 
     async def _enforce_cap(self) -> None:
+        if self.stats.last_error is None:
+            self._ensure_reserve()
         # Evict above 80 % of the cap, down to 70 %: the file only grows while live data
         # grows (freed pages are reused), so between two checks (every cap/32 bytes
         # written) and with the WAL bounded at cap/16, the files stay under the cap.
         self._last_check = time.monotonic()
         self._added_bytes = 0
-        self._last_evict_log = -1e9
         used = await self._measure()
         if used > self.max_size * 0.8:
             await self._evict_locked(used - int(self.max_size * 0.7))
+
+    async def _make_room(self) -> None:
+        """The disk is full: release the reserve file, then evict inside our own file.
+
+        Deleting rows needs room in the WAL too, which a full disk does not have: the reserve
+        (a file of zeros made at start-up) is that room. Freed pages are then reused, so the
+        store goes on working inside the size it has reached.
+        """
+        db = self._require_db()
+        if self.reserve.exists():
+            size = self.reserve.stat().st_size
+            self.reserve.unlink()
+            log.warning("disk full: released the %d-byte reserve beside the store", size)
+        # From now on the store lives within the size its file has reached: the cap becomes
+        # that size (so inserts reuse freed pages and a checkpoint never grows the file),
+        # and the WAL is kept well inside the room the reserve gave back.
+        try:
+            db_size = os.stat(self.path).st_size
+        except OSError:
+            db_size = self.max_size
+        limited = max(256 << 10, db_size)
+        if limited < self.max_size:
+            log.warning(
+                "disk full: store capped at %d bytes (was %d) until the agent restarts",
+                limited,
+                self.max_size,
+            )
+            self.max_size = limited
+            wal_pages = max(8, self.reserve_size // 4 // self._page_size)
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
+                await db.execute(f"PRAGMA journal_size_limit={wal_pages * self._page_size}")
+        with contextlib.suppress(sqlite3.Error):
+            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self._measure()
+        try:
+            await self._evict_locked(self.stats.used_bytes - int(self.max_size * 0.7))
+        except sqlite3.Error as e:
+            log.debug("eviction on a full disk failed: %r", str(e))
+        with contextlib.suppress(sqlite3.Error):
+            await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _ensure_reserve(self) -> None:
+        """(Re)create the reserve when the disk has room for it and more."""
+        if self.reserve.exists():
+            return
+        try:
+            st = os.statvfs(self.reserve.parent)
+            if st.f_bavail * st.f_frsize < 4 * self.reserve_size:
+                return
+            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_size)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self.reserve.unlink()
+            log.debug("no reserve beside the store: %s", e.strerror)
 
     def _log_eviction(self) -> None:
         # An overflow evicts many times a second: say so at most every 30 s.
@@ -410,6 +474,7 @@ class Store:
             return
         per_row = max(64, (self.stats.used_bytes or need) // count)
         want = max(1, need // per_row + 1)
+        done: dict[str, int] = {}
         await db.execute("BEGIN IMMEDIATE")
         try:
             for prio in EVICT_ORDER:
@@ -423,19 +488,22 @@ class Store:
                 n = max(cur.rowcount, 0)
                 if n:
                     name = PRIORITY_NAMES[int(prio)]
-                    self.stats.evicted[name] += n
+                    done[name] = n
                     await db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                        (f"evicted.{name}", self.stats.evicted[name]),
+                        (f"evicted.{name}", self.stats.evicted[name] + n),
                     )
-                    self.stats.backlog -= n
                     want -= n
-                    self._log_eviction()
             await db.execute("COMMIT")
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
                 await db.execute("ROLLBACK")
             raise
+        for name, n in done.items():  # counted only once the deletion is committed
+            self.stats.evicted[name] += n
+            self.stats.backlog -= n
+        if done:
+            self._log_eviction()
         with contextlib.suppress(sqlite3.Error):
             await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._measure()

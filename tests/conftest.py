@@ -296,22 +296,14 @@ class AgentProc:
     proc: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
 
-    def start(self) -> None:
+    def start(self, wrapper: list[str] | None = None, log_level: str = "debug") -> None:
         log = self.dir / f"agent-{len(self.logs)}.log"
         self.logs.append(log)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "agent.cli",
-                    "run",
-                    "--config",
-                    str(self.config),
-                    "--log-level",
-                    "debug",
-                ],
+                [*(wrapper or []), *cmd, "--log-level", log_level],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
@@ -323,6 +315,8 @@ class AgentProc:
 
     def status(self) -> dict[str, Any]:
         path = self.dir / "outbox.db.status.json"
+        if not path.exists():
+            path = self.dir / "status.json"
         try:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import time
 from collections import defaultdict
@@ -174,3 +176,53 @@ def test_byte_cap_evicts_oldest_telemetry_and_keeps_alarms(broker, subscribers, 
     assert final["evicted"]["telemetry"] <= len(missing) <= end["evicted"]["telemetry"]
     tele = sorted(e["seq"] for e in events if e["kind"] == "telemetry")
     assert max(missing) < tele[0], "eviction did not take the oldest telemetry first"
+
+
+def test_full_disk_keeps_alarms_and_accounts_for_every_event(broker, subscribers, make_agent):
+    """The store lives on a 3 MiB tmpfs (in a mount namespace of the agent's own): the disk
+    fills long before the 16 MiB cap. The agent keeps running, evicts telemetry inside its
+    file to make room, never an alarm, and every event is received or counted."""
+    unshare = shutil.which("unshare") or pytest.fail(
+        "unshare is missing: apt-get install util-linux"
+    )
+    sub = subscribers(broker)
+    broker.stop()
+    agent = make_agent(
+        broker.url,
+        env_device(rate=1500) + fence_device(alarm_every="200ms", poll="50ms"),
+        max_size="16MiB",
+        start=False,
+    )
+    store_dir = agent.dir / "small-disk"
+    store_dir.mkdir()
+    text = agent.config.read_text().replace('path = "outbox.db"', 'path = "small-disk/outbox.db"')
+    # The status file lives off the full disk (where a gateway puts it: /run/campus-agent).
+    agent.config.write_text(text.replace("[agent]\n", '[agent]\nstatus_file = "status.json"\n'))
+    ns = [unshare, "-m"] if os.geteuid() == 0 else [unshare, "-r", "-m"]
+    mount = f'mount -t tmpfs -o size=3m tmpfs {store_dir} && exec "$@"'
+    agent.start(wrapper=[*ns, "sh", "-c", mount, "sh"], log_level="info")
+    st = agent.wait_status(
+        lambda s: s["evicted"]["telemetry"] > 500 and s["store"]["last_error"] is None,
+        40,
+        "the disk to fill and the store to make room",
+    )
+    assert st["evicted"]["alarm"] == 0
+    assert "full" in agent.log_text()
+    broker.start()
+    agent.wait_status(lambda s: s["broker"]["connected"], 20, "reconnect")
+    time.sleep(2.0)  # let the drain run while producing; accounted for below, not assumed
+    st = agent.status()
+    last = st["store"]["last_seq"]
+
+    def accounted():
+        s = agent.status()
+        got = {e["seq"] for e in sub.events() if e["seq"] <= last}
+        return s and len(got) + sum(s["evicted"].values()) >= last
+
+    wait_for(accounted, 40, "every event received or counted as evicted")
+    end = agent.status()
+    assert end["evicted"]["alarm"] == 0
+    assert end["lost_uncommitted"] == 0
+    alarms = {e["seq"] for e in sub.events("alarm") if e["seq"] <= last}
+    assert len(alarms) >= st["store"]["committed_by_priority"]["alarm"], "an alarm was lost"
+    assert agent.terminate() == 0
