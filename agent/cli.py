@@ -18,8 +18,15 @@ from typing import Any
 import orjson
 
 from agent import __version__
-from agent.config import DEFAULT_PATH, SiteConfig, load_config
+from agent.config import (
+    DEFAULT_PATH,
+    SiteConfig,
+    driver_profile_problems,
+    load_config,
+    profile_driver_class,
+)
 from agent.errors import ConfigError
+from agent.profiles import Profile, load_profile_file, shipped_profiles
 
 EXIT_CONFIG = 2
 EXIT_NOT_RUNNING = 3
@@ -264,6 +271,71 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def _profile_problems(path: Path) -> tuple[Profile | None, list[str]]:
+    try:
+        profile = load_profile_file(path)
+    except ConfigError as e:
+        return None, [str(p) for p in e.problems]
+    cls = profile_driver_class(profile)
+    if cls is None:
+        return profile, [f"{path}: driver: no installed driver reads {profile.driver!r} profiles"]
+    return profile, [f"{path}: {f}: {m}" for f, m in driver_profile_problems(cls, profile)]
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    shipped = shipped_profiles()
+    if args.action == "list":
+        print(f"{'id':24} {'category':10} {'driver':10} vendor / model")
+        for pid, path in shipped.items():
+            profile, problems = _profile_problems(path)
+            if profile is None:
+                print(f"{pid:24} BROKEN: {problems[0]}")
+                continue
+            print(
+                f"{pid:24} {profile.category:10} {profile.driver:10} {profile.vendor} / {profile.model}"
+            )
+        return 0
+    if args.action == "check":
+        if not args.target:
+            print("profiles check: give a profile file", file=sys.stderr)
+            return EXIT_CONFIG
+        _, problems = _profile_problems(Path(args.target))
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            return EXIT_CONFIG
+        print(f"{args.target}: ok")
+        return 0
+    target = args.target or ""
+    found: Path | None = shipped.get(target)
+    if found is None and target.endswith(".toml"):
+        found = Path(target)
+    if found is None or not found.exists():
+        print(f"no profile {target!r}; known: {', '.join(shipped)}", file=sys.stderr)
+        return EXIT_CONFIG
+    profile, problems = _profile_problems(found)
+    if profile is None or problems:
+        print("\n".join(problems), file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{profile.id}: {profile.vendor} {profile.model} ({profile.category}, {profile.driver})")
+    print(f"source: {profile.source}")
+    d = profile.defaults
+    print(
+        f"defaults: poll {d.poll_interval:g}s, heartbeat {d.heartbeat:g}s, deadband {d.deadband:g}"
+    )
+    print("points:")
+    for p in profile.points:
+        where = " ".join(f"{k}={v}" for k, v in (p.reg or p.synthetic or {}).items())
+        scale = f" x{p.scale:g}" if p.scale != 1 else ""
+        extra = f" {p.severity} zone={p.zone}" if p.kind == "alarm" else ""
+        print(f"  {p.name:20} {p.kind:9} {p.unit or '':6}{scale}{extra}  [{where}]")
+    if profile.actions:
+        print("actions:")
+        for a in profile.actions:
+            print(f"  {a.name:20} {a.description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="campus-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
@@ -286,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", help="only this kind (telemetry, alarm, access, state, audit)")
     p.add_argument("--raw", action="store_true", help="print topic and JSON payload")
     p.set_defaults(fn=cmd_tail)
+    p = sub.add_parser("profiles", help="list, show or check device profiles")
+    p.add_argument("action", choices=["list", "show", "check"])
+    p.add_argument("target", nargs="?", help="a profile id (show) or a profile file (check)")
+    p.set_defaults(fn=cmd_profiles)
     return parser
 
 

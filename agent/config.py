@@ -213,6 +213,7 @@ class _Checker:
         self.path = path
         self.file = str(path)
         self.problems: list[Problem] = []
+        self.profile_files: dict[str, str] = {}
 
     def add(self, entry: str, message: str) -> None:
         self.problems.append(Problem(self.file, entry, message))
@@ -296,7 +297,9 @@ class _Checker:
             if isinstance(ref, dict):
                 return parse_profile(ref, f"{self.file}: {entry}")
             if ref.endswith(".toml") or "/" in ref:
-                return load_profile_file(_resolve_path(base, Path(ref)))
+                profile = load_profile_file(_resolve_path(base, Path(ref)))
+                self.profile_files[profile.id] = str(_resolve_path(base, Path(ref)))
+                return profile
             # The site's own profile folders win over the shipped profiles.
             known: dict[str, Path] = dict(shipped_profiles())
             for d in dirs:
@@ -308,6 +311,7 @@ class _Checker:
                     "give a shipped id or a path to a .toml file",
                 )
                 return None
+            self.profile_files[ref] = str(known[ref])
             return load_profile_file(known[ref])
         except ProfileError as e:
             self.problems.extend(e.problems)
@@ -325,6 +329,21 @@ class _Checker:
 
 def _extras(model: BaseModel) -> dict[str, Any]:
     return dict(model.model_extra or {})
+
+
+def driver_profile_problems(cls: Any, profile: Profile) -> list[tuple[str, str]]:
+    """(field, message) pairs from the driver's own check of a profile, if it has one."""
+    check = getattr(cls, "check_profile", None)
+    return list(check(profile)) if check is not None else []
+
+
+def profile_driver_class(profile: Profile) -> Any:
+    """A registered driver class that reads this profile's `driver`, or None."""
+    for key in registry.driver_keys():
+        cls = registry.driver_class(key)
+        if cls is not None and cls.profile_driver == profile.driver:
+            return cls
+    return None
 
 
 def _known_actions(devices: list[BoundDevice], dirs: list[Path]) -> set[str]:
@@ -388,6 +407,7 @@ def load_config(path: Path | str) -> SiteConfig:
 
     devices: list[BoundDevice] = []
     seen: set[str] = set()
+    checked_profiles: set[str] = set()
     for i, d in enumerate(site.devices):
         entry = f"devices[{i}]"
         if d.id in seen:
@@ -414,17 +434,25 @@ def load_config(path: Path | str) -> SiteConfig:
         opts = c.driver_options(entry, cls.device_model, _extras(d))
         if opts is None:
             continue
-        devices.append(
-            BoundDevice(
-                id=d.id,
-                profile=profile,
-                bus=d.bus,
-                address=d.address,
-                poll_interval=d.poll_interval or profile.defaults.poll_interval,
-                location=dict(d.location),
-                options=opts,
-            )
+        if profile.id not in checked_profiles:
+            checked_profiles.add(profile.id)
+            where = c.profile_files.get(profile.id, f"{c.file}: {entry}.profile")
+            c.problems += [Problem(where, f, m) for f, m in driver_profile_problems(cls, profile)]
+        bound = BoundDevice(
+            id=d.id,
+            profile=profile,
+            bus=d.bus,
+            address=d.address,
+            poll_interval=d.poll_interval or profile.defaults.poll_interval,
+            location=dict(d.location),
+            options=opts,
         )
+        check_device = getattr(cls, "check_device", None)
+        device_problems = check_device(bound) if check_device is not None else []
+        for f, m in device_problems:
+            c.add(f"{entry}.{f}", m)
+        if not device_problems:
+            devices.append(bound)
 
     known_actions = _known_actions(devices, dirs)
     for i, rule in enumerate(site.commands.allow):

@@ -1,16 +1,24 @@
 """Profile semantics applied to Samples, the same for every driver.
 
-Scale and offset, units, which values are telemetry, alarms or state, and alarm edges
-(active/cleared). It turns a Sample into NewEvents; it never does I/O.
+Scale and offset, units, which values are telemetry, alarms or state; alarm edges
+(active/cleared) with a debounce; report-by-exception with a deadband and a heartbeat;
+`quality` when a read failed. It turns a Sample into NewEvents; it never does I/O.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from agent.events import Kind, NewEvent
+from agent.profiles import Point
 from agent.sample import BoundDevice, Quality, Sample, Value
+
+
+def scaled(point: Point, raw: Value) -> Value:
+    """A point's value from its raw reading: raw * scale + offset (numbers only)."""
+    return _scaled(raw, point.scale, point.offset)
 
 
 def _scaled(value: Value, scale: float, offset: float) -> Value:
@@ -18,19 +26,39 @@ def _scaled(value: Value, scale: float, offset: float) -> Value:
         return value
     if scale == 1.0 and offset == 0.0:
         return value
-    return round(value * scale + offset, 6)
+    return round(value * scale + offset, 9)
+
+
+@dataclass
+class _Alarm:
+    reported: bool | None = None  # the state the district knows
+    candidate: bool | None = None  # a different raw state seen, not yet held long enough
+    since: float = 0.0
 
 
 class DevicePoints:
-    """Turns one device's Samples into events, remembering alarm and state values."""
+    """Turns one device's Samples into events, remembering what was last reported."""
 
     def __init__(self, device: BoundDevice) -> None:
         self.device = device
         self.profile = device.profile
-        self._alarms: dict[str, bool] = {}
+        d = self.profile.defaults
+        self._heartbeat = d.heartbeat
+        self._deadband = {
+            p.name: d.deadband if p.deadband is None else p.deadband for p in self.profile.points
+        }
+        self._debounce = {
+            p.name: d.debounce if p.debounce is None else p.debounce for p in self.profile.points
+        }
+        self._points: dict[str, Point] = {p.name: p for p in self.profile.points}
+        self._alarms: dict[str, _Alarm] = {}
         self._state: dict[str, Value] = {}
+        self._last_values: dict[str, Value | None] = {}
+        self._last_quality: Quality | None = None
+        self._last_report = -math.inf
         self._location = dict(device.location) or None
         self.unknown_points = 0
+        self.suppressed = 0  # telemetry readings not sent: within the deadband
 
     def _event(self, kind: Kind, ts: float, body: dict[str, Any]) -> NewEvent:
         return NewEvent(
@@ -46,54 +74,94 @@ class DevicePoints:
     def events(self, sample: Sample) -> list[NewEvent]:
         """The events one Sample produces: telemetry, alarm edges, state changes."""
         out: list[NewEvent] = []
-        values: dict[str, Value] = {}
+        values: dict[str, Value | None] = {}
         units: dict[str, str] = {}
-        state: dict[str, Value] = {}
+        changed_state = False
+        quality = sample.quality
         for name, raw in sample.values.items():
-            point = self.profile.point(name)
+            point = self._points.get(name)
             if point is None:
                 self.unknown_points += 1
                 continue
             value = _scaled(raw, point.scale, point.offset)
             if isinstance(value, float) and not math.isfinite(value):
-                value = None  # type: ignore[assignment]  # JSON null; quality says why
-                sample = Sample(sample.device, sample.ts, sample.values, Quality.BAD)
+                values[name] = None  # JSON has no NaN; the quality says why
+                quality = Quality.BAD
+                continue
             if point.kind == "telemetry":
                 values[name] = value
                 if point.unit:
                     units[name] = point.unit
             elif point.kind == "alarm":
-                active = bool(value)
-                before = self._alarms.get(name)
-                self._alarms[name] = active
-                # The first reading only sets the baseline unless it is an active alarm.
-                if before is None and not active:
-                    continue
-                if before != active:
-                    body: dict[str, Any] = {
-                        "alarm": name,
-                        "state": "active" if active else "cleared",
-                        "severity": point.severity,
-                        "value": value,
-                    }
-                    if point.zone:
-                        body["zone"] = point.zone
-                    out.append(self._event(Kind.ALARM, sample.ts, body))
+                edge = self._alarm_edge(name, bool(value), sample.ts)
+                if edge is not None:
+                    out.append(self._alarm_event(point, edge, value, sample.ts))
             elif self._state.get(name) != value:
                 self._state[name] = value
-                state[name] = value
-        # A state event is retained: it carries the whole known state, not only the change.
-        if values:
+                changed_state = True
+        failed = quality != Quality.GOOD and quality != self._last_quality  # a read went wrong
+        if (values or failed) and self._should_report(values, quality, sample.ts):
+            self._last_values = dict(values)
+            self._last_quality = quality
+            self._last_report = sample.ts
             out.append(
                 self._event(
                     Kind.TELEMETRY,
                     sample.ts,
-                    {"values": values, "units": units, "quality": str(sample.quality)},
+                    {"values": values, "units": units, "quality": str(quality)},
                 )
             )
-        if state:
+        elif values:
+            self.suppressed += 1
+        if changed_state:
+            # A state event is retained: it carries the whole known state, not only the change.
             out.append(self._event(Kind.STATE, sample.ts, {"online": True, **self._state}))
         return out
+
+    def _should_report(self, values: dict[str, Value | None], quality: Quality, ts: float) -> bool:
+        if quality != self._last_quality or ts - self._last_report >= self._heartbeat:
+            return True
+        if values.keys() != self._last_values.keys():
+            return True
+        for name, v in values.items():
+            last = self._last_values[name]
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int | float)
+                or not isinstance(last, int | float)
+            ):
+                if v != last:
+                    return True
+            elif abs(v - last) > self._deadband[name] or (self._deadband[name] == 0 and v != last):
+                return True
+        return False
+
+    def _alarm_edge(self, name: str, active: bool, ts: float) -> bool | None:
+        """The new state to report, or None. An edge must hold for the point's debounce."""
+        a = self._alarms.setdefault(name, _Alarm())
+        if a.reported is None and not active:
+            a.reported = False  # the first reading only sets the baseline, unless it alarms
+            return None
+        if active == a.reported:
+            a.candidate = None
+            return None
+        if a.candidate != active:
+            a.candidate, a.since = active, ts
+        if ts - a.since >= self._debounce[name]:
+            a.reported, a.candidate = active, None
+            return active
+        return None
+
+    def _alarm_event(self, point: Point, active: bool, value: Value, ts: float) -> NewEvent:
+        body: dict[str, Any] = {
+            "alarm": point.name,
+            "state": "active" if active else "cleared",
+            "severity": point.severity,
+            "value": value,
+        }
+        if point.zone:
+            body["zone"] = point.zone
+        return self._event(Kind.ALARM, ts, body)
 
     def availability(
         self, ts: float, *, online: bool, reason: str, info: dict[str, Value]
@@ -102,4 +170,6 @@ class DevicePoints:
         body: dict[str, Any] = {"online": online, **self._state, **info}
         if reason:
             body["reason"] = reason
+        if not online:
+            self._last_quality = None  # the first reading after a return is always sent
         return self._event(Kind.STATE, ts, body)

@@ -32,6 +32,10 @@ class _Strict(BaseModel):
 
 class Defaults(_Strict):
     poll_interval: Duration = 10.0
+    heartbeat: Duration = 300.0  # telemetry is sent at least this often, changed or not
+    deadband: float = Field(default=0.0, ge=0)  # report-by-exception threshold (0: any change)
+    debounce: Duration = 0.0  # an alarm edge must hold this long before it is reported
+    max_gap: int = Field(default=8, ge=-1, le=120)  # registers skipped to merge two reads
 
 
 class Point(_Strict):
@@ -44,6 +48,8 @@ class Point(_Strict):
     zone: str | None = None  # for alarm points: the zone a district operator sees
     scale: float = 1.0
     offset: float = 0.0
+    deadband: float | None = Field(default=None, ge=0)  # overrides defaults.deadband
+    debounce: Duration | None = None  # overrides defaults.debounce (alarm points)
     # Driver-specific addressing, validated by the driver that reads it.
     reg: dict[str, Any] | None = Field(default=None, alias="register")
     synthetic: dict[str, Any] | None = None

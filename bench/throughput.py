@@ -99,6 +99,7 @@ class Params:
     messages: int
     rate: float
     window: int
+    paho_inflight: int
     protocol: str
     quick: bool
     profile: bool
@@ -171,7 +172,14 @@ def build_payloads(config: SiteConfig, n: int) -> tuple[str, list[bytes]]:
 
 
 async def _ceiling(
-    host: str, port: int, topic: str, payloads: list[bytes], *, window: int, protocol: str
+    host: str,
+    port: int,
+    topic: str,
+    payloads: list[bytes],
+    *,
+    window: int,
+    paho_inflight: int,
+    protocol: str,
 ) -> CeilingRun:
     loop = asyncio.get_running_loop()
     v5 = protocol == "5"
@@ -181,6 +189,9 @@ async def _ceiling(
         protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
         clean_session=None if v5 else True,
     )
+    # paho's own in-flight limit (default 20) rescans its messages on every PUBACK: the
+    # ceiling leaves it off and bounds the window itself (PERFORMANCE.md, finding 1).
+    client.max_inflight_messages_set(paho_inflight)
     slots = asyncio.Semaphore(window)
     connack: asyncio.Future[ReasonCode] = loop.create_future()
     finished: asyncio.Future[float] = loop.create_future()
@@ -262,7 +273,15 @@ async def _ceiling(
 def run_ceiling(broker: Mosquitto, topic: str, payloads: list[bytes], p: Params) -> CeilingRun:
     """One ceiling measurement in a fresh event loop of this process."""
     return asyncio.run(
-        _ceiling(broker.host, broker.port, topic, payloads, window=p.window, protocol=p.protocol)
+        _ceiling(
+            broker.host,
+            broker.port,
+            topic,
+            payloads,
+            window=p.window,
+            paho_inflight=p.paho_inflight,
+            protocol=p.protocol,
+        )
     )
 
 
@@ -578,6 +597,12 @@ def parse_args(argv: list[str] | None) -> Params:
         "--rate", type=float, default=200_000, help="synthetic readings/s asked of the agent"
     )
     ap.add_argument("--window", type=int, default=WINDOW, help=f"in-flight window; {WINDOW}")
+    ap.add_argument(
+        "--paho-inflight",
+        type=int,
+        default=0,
+        help="paho's own in-flight limit in the ceiling client; 0 = off (paho's default is 20)",
+    )
     ap.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version; 5")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run, 2 s, tiny sizes")
     ap.add_argument(
@@ -603,6 +628,7 @@ def parse_args(argv: list[str] | None) -> Params:
         messages=a.messages,
         rate=a.rate,
         window=a.window,
+        paho_inflight=a.paho_inflight,
         protocol=a.protocol,
         quick=a.quick,
         profile=a.profile,

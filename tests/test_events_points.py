@@ -74,3 +74,54 @@ def test_unknown_points_are_counted_not_published():
     out = pts.events(Sample("north-fence", 1.0, {"voltage": 8.0, "bogus": 1}))
     assert pts.unknown_points == 1
     assert all("bogus" not in json.dumps(e.body) for e in out)
+
+
+def _inline(points: str, defaults: str = "") -> DevicePoints:
+    import tomllib
+
+    from agent.profiles import parse_profile
+
+    text = 'id = "t"\nvendor = "v"\nmodel = "m"\ncategory = "env"\ndriver = "synthetic"\nsource = "s"\n'
+    text += f"[defaults]\n{defaults}\n{points}"
+    return DevicePoints(
+        BoundDevice("d", parse_profile(tomllib.loads(text), "inline"), "sim", None, 1.0)
+    )
+
+
+def test_report_by_exception_deadband_and_heartbeat():
+    pts = _inline('[[points]]\nname = "t"\nunit = "°C"\ndeadband = 0.5\n', 'heartbeat = "60s"')
+    sent = []
+    for ts, v in [(0, 20.0), (1, 20.2), (2, 20.4), (3, 20.6), (4, 20.7), (70, 20.7), (71, 20.7)]:
+        for e in pts.events(Sample("d", float(ts), {"t": v})):
+            sent.append((ts, e.body["values"]["t"]))
+    # 20.2 and 20.4 are within 0.5 of 20.0; 20.6 is not; 20.7 is within 0.5 of 20.6;
+    # at 70 s the heartbeat sends the unchanged value.
+    assert sent == [(0, 20.0), (3, 20.6), (70, 20.7)]
+    assert pts.suppressed == 4
+
+
+def test_chattering_zone_does_not_flood_with_debounce():
+    pts = _inline('[[points]]\nname = "zone"\nkind = "alarm"\ndebounce = "2s"\n')
+    edges = []
+    t = 0.0
+    for _ in range(20):  # 0.5 s on, 0.5 s off: chatter
+        for active in (True, False):
+            edges += [e.body["state"] for e in pts.events(Sample("d", t, {"zone": active}))]
+            t += 0.5
+    assert edges == []
+    for _ in range(6):  # then a real alarm, held 3 s
+        edges += [e.body["state"] for e in pts.events(Sample("d", t, {"zone": True}))]
+        t += 0.5
+    assert edges == ["active"]
+
+
+def test_failed_read_reports_bad_quality_once():
+    pts = _inline('[[points]]\nname = "t"\n')
+    out = pts.events(Sample("d", 0.0, {"t": 1.0}))
+    assert out[0].body["quality"] == "good"
+    bad1 = pts.events(Sample("d", 1.0, {}, Quality.BAD))
+    bad2 = pts.events(Sample("d", 2.0, {}, Quality.BAD))
+    assert [e.body for e in bad1] == [{"values": {}, "units": {}, "quality": "bad"}]
+    assert bad2 == []
+    back = pts.events(Sample("d", 3.0, {"t": 1.0}))
+    assert back[0].body["quality"] == "good", "the first good reading after a failure is sent"
