@@ -291,9 +291,8 @@ def cmd_profiles(args: argparse.Namespace) -> int:
             if profile is None:
                 print(f"{pid:24} BROKEN: {problems[0]}")
                 continue
-            print(
-                f"{pid:24} {profile.category:10} {profile.driver:10} {profile.vendor} / {profile.model}"
-            )
+            model = f"{profile.vendor} / {profile.model}"
+            print(f"{pid:24} {profile.category:10} {profile.driver:10} {model}")
         return 0
     if args.action == "check":
         if not args.target:

@@ -17,7 +17,9 @@ from agent.sample import BoundDevice, Quality, Sample, Value
 
 
 def scaled(point: Point, raw: Value) -> Value:
-    """A point's value from its raw reading: raw * scale + offset (numbers only)."""
+    """A point's value from its raw reading: raw * scale + offset (numbers), or inverted."""
+    if isinstance(raw, bool):
+        return raw != point.invert
     return _scaled(raw, point.scale, point.offset)
 
 
@@ -83,7 +85,7 @@ class DevicePoints:
             if point is None:
                 self.unknown_points += 1
                 continue
-            value = _scaled(raw, point.scale, point.offset)
+            value = scaled(point, raw)
             if isinstance(value, float) and not math.isfinite(value):
                 values[name] = None  # JSON has no NaN; the quality says why
                 quality = Quality.BAD
@@ -99,7 +101,7 @@ class DevicePoints:
             elif self._state.get(name) != value:
                 self._state[name] = value
                 changed_state = True
-        failed = quality != Quality.GOOD and quality != self._last_quality  # a read went wrong
+        failed = quality not in (Quality.GOOD, self._last_quality)  # a read went wrong
         if (values or failed) and self._should_report(values, quality, sample.ts):
             self._last_values = dict(values)
             self._last_quality = quality

@@ -48,6 +48,7 @@ class Point(_Strict):
     zone: str | None = None  # for alarm points: the zone a district operator sees
     scale: float = 1.0
     offset: float = 0.0
+    invert: bool = False  # for on/off points: a normally-closed (fail-safe) loop reads 1 = ok
     deadband: float | None = Field(default=None, ge=0)  # overrides defaults.deadband
     debounce: Duration | None = None  # overrides defaults.debounce (alarm points)
     # Driver-specific addressing, validated by the driver that reads it.

@@ -304,6 +304,11 @@ class Agent:
                 },
                 "commands": self.router.status(),
                 "driver_restarts": dict(self.restarts),
+                "buses": {
+                    bus_id: stats()
+                    for bus_id, driver in sorted(self.drivers.items())
+                    if (stats := getattr(driver, "stats", None)) is not None
+                },
                 "reloads": self.reloads,
                 "last_reload_error": self.last_reload_error,
             }

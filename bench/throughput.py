@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -46,6 +47,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config import MqttSection, SiteConfig, load_config
 from agent.events import Origin, encode, uuid7
 from agent.points import DevicePoints
+from agent.profiles import shipped_profiles
 from agent.sample import Sample
 from bench.peers import Mosquitto, ProcStat, mosquitto_version
 
@@ -53,8 +55,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 WINDOW: int = MqttSection.model_fields["window"].default  # the agent's default window
 ENV_DEVICE = "a101-env"
+ENV_PROFILE = "synthetic-env"
 
 AGENT_CONFIG = """\
+profile_dirs = ["{profiles}"]
+
 [agent]
 school = "pt-023"
 gateway = "gw-bench"
@@ -75,7 +80,7 @@ driver = "synthetic"
 
 [[devices]]
 id = "{env}"
-profile = "synthetic-env"
+profile = "{profile}"
 bus = "sim"
 location = {{ building = "A", floor = 1, room = "101" }}
 rate = {rate}
@@ -133,13 +138,72 @@ class AgentRun:
 # ---- payloads ----------------------------------------------------------------------------
 
 
-def write_config(folder: Path, url: str, p: Params) -> Path:
-    """The agent's config for one run (its store lives beside it)."""
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def _toml(doc: dict[str, Any]) -> str:
+    """A profile document as TOML: scalars, then [tables], then [[arrays of tables]]."""
+    lines = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in doc.items() if not _table(v)]
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{json.dumps(k)}]"]
+            lines += [f"{json.dumps(kk)} = {_toml_value(vv)}" for kk, vv in v.items()]
+        elif _table(v):
+            for item in v:
+                lines += ["", f"[[{json.dumps(k)}]]"]
+                lines += [f"{json.dumps(kk)} = {_toml_value(vv)}" for kk, vv in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _table(v: Any) -> bool:
+    return isinstance(v, dict) or (
+        isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+    )
+
+
+def write_profile(folder: Path) -> Path:
+    """The shipped env profile with `heartbeat = 0`: every reading becomes an event.
+
+    The agent reports telemetry by exception (deadband + heartbeat), and the synthetic
+    values barely change between two readings a few microseconds apart: with the shipped
+    profile almost every reading would be suppressed and the pipeline would carry nothing.
+    Same id, points and units, so topic and payload are those of the shipped profile.
+    """
+    doc = tomllib.loads(shipped_profiles()[ENV_PROFILE].read_text(encoding="utf-8"))
+    doc.setdefault("defaults", {})["heartbeat"] = 0
+    for point in doc.get("points", []):
+        point.pop("deadband", None)
     folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ENV_PROFILE}.toml"
+    path.write_text(_toml(doc), encoding="utf-8")
+    return path
+
+
+def write_config(folder: Path, url: str, p: Params) -> Path:
+    """The agent's config for one run (its store and its profile folder live beside it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    profiles = write_profile(folder / "profiles").parent
     cfg = folder / "agent.toml"
     cfg.write_text(
         AGENT_CONFIG.format(
-            url=url, protocol=p.protocol, window=p.window, env=ENV_DEVICE, rate=p.rate
+            profiles=profiles,
+            url=url,
+            protocol=p.protocol,
+            window=p.window,
+            env=ENV_DEVICE,
+            profile=ENV_PROFILE,
+            rate=p.rate,
         )
     )
     return cfg
@@ -675,6 +739,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"RSS {agent.rss_mib_peak:.1f} MiB, backlog {agent.backlog_end:,}",
                 flush=True,
             )
+            if agent.committed_per_s < 0.5 * min(p.rate, 1000):
+                print(
+                    f"  warning: the agent committed only {agent.committed_per_s:g} events/s "
+                    f"for {p.rate:g} readings/s asked: are readings suppressed (profile "
+                    f"deadband/heartbeat) or the driver failing? See the agent log.",
+                    file=sys.stderr,
+                    flush=True,
+                )
             runs.append(
                 {
                     "run": i + 1,
