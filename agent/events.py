@@ -134,7 +134,9 @@ def encode(origin: Origin, ev: NewEvent, seq: int, event_id: str) -> bytes:
         # and JSON has no NaN or infinity: those readings become null.
         if key not in doc:
             doc[key] = value if not isinstance(value, float) or math.isfinite(value) else None
-    return orjson.dumps(doc)
+    # orjson keeps a 4 KiB allocation behind every result it returns; a backlog of
+    # thousands of events would hold that much each. Copy to an exact-size bytes object.
+    return bytes(memoryview(orjson.dumps(doc)))
 
 
 class _Timex(ctypes.Structure):

@@ -196,6 +196,9 @@ class Publisher:
             clean_session=None if v5 else True,
         )
         client.connect_timeout = self.cfg.connect_timeout
+        # paho's own in-flight limit rescans its queue on every PUBACK (O(window)): leave it
+        # off; the window is bounded here, by _slots.
+        client.max_inflight_messages_set(0)
         if self.cfg.username is not None:
             client.username_pw_set(self.cfg.username, self.password)
         if self.cfg.address.tls:
@@ -304,7 +307,7 @@ class Publisher:
                 store.new_data.is_set() and store.min_new_priority < buffer[0].priority
             ):
                 buffer.clear()  # cursors move only when sent, so nothing is skipped
-                rows = await store.fetch(after, window)
+                rows = await store.fetch(after, max(window, 1000))
                 if not rows:
                     await store.new_data.wait()
                     continue

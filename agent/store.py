@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS commands_seen (id TEXT PRIMARY KEY, expires REAL NOT 
 PRIORITY_NAMES = {p.value: p.name.lower() for p in Priority}
 EVICT_ORDER = (Priority.TELEMETRY, Priority.STATE, Priority.ACCESS, Priority.ALARM)
 MAX_PENDING = 200_000  # events held in memory while the disk refuses writes
+MAX_BATCH = 2_000  # events per transaction: bounds how long one commit holds the loop
 HIGH_WATER = 20_000  # a producer waits for a commit above this many queued events
 
 
@@ -100,6 +101,7 @@ class Store:
         self.new_data = asyncio.Event()  # set after a commit that added rows
         self.min_new_priority = int(Priority.TELEMETRY)  # most urgent priority since last fetch
         self._db: aiosqlite.Connection | None = None
+        self._rdb: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._pending: list[NewEvent] = []
         self._acks: list[int] = []
@@ -146,6 +148,8 @@ class Store:
         await db.execute(f"PRAGMA wal_autocheckpoint={max(8, wal_bytes // 4096)}")
         await db.execute(f"PRAGMA journal_size_limit={wal_bytes}")
         await db.executescript(SCHEMA)
+        self._rdb = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._rdb.execute("PRAGMA query_only=1")
         async with db.execute("PRAGMA page_size") as cur:
             row = await cur.fetchone()
             self._page_size = int(row[0]) if row else 4096
@@ -221,6 +225,9 @@ class Store:
             return
         with contextlib.suppress(sqlite3.Error, StoreFullError):
             await self.commit_now()
+        if self._rdb is not None:
+            await self._rdb.close()
+            self._rdb = None
         await self._db.close()
         self._db = None
 
@@ -276,7 +283,9 @@ class Store:
         if not (self._pending or self._acks or self._parks):
             return 0
         db = self._require_db()
-        batch, self._pending = self._pending, []
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        if self._pending:
+            self._wake.set()  # more is queued: commit again right after this one
         acks, self._acks = self._acks, []
         parks, self._parks = self._parks, []
         seq = self._next_seq
@@ -516,22 +525,24 @@ class Store:
         `after` maps priority -> the last seq already handed to the publisher on this
         connection; rows at or below it are not returned again.
         """
-        db = self._require_db()
+        # A connection of its own: WAL readers see only committed rows and do not wait
+        # for the writer, so the publisher never waits behind a group commit.
+        rdb = self._rdb
+        if rdb is None:
+            raise RuntimeError("store is not open")
         self.min_new_priority = int(Priority.TELEMETRY)
         self.new_data.clear()
-        async with self._lock:
-            for prio in Priority:
-                async with db.execute(
-                    "SELECT seq, prio, topic, payload, retain FROM outbox "
-                    "WHERE prio = ? AND seq > ? AND parked IS NULL ORDER BY seq LIMIT ?",
-                    (int(prio), after.get(int(prio), 0), limit),
-                ) as cur:
-                    rows = list(await cur.fetchall())
-                if rows:
-                    return [
-                        StoredEvent(int(r[0]), int(r[1]), str(r[2]), bytes(r[3]), bool(r[4]))
-                        for r in rows
-                    ]
+        for prio in Priority:
+            rows = await rdb.execute_fetchall(
+                "SELECT seq, prio, topic, payload, retain FROM outbox "
+                "WHERE prio = ? AND seq > ? AND parked IS NULL ORDER BY seq LIMIT ?",
+                (int(prio), after.get(int(prio), 0), limit),
+            )
+            if rows:
+                return [
+                    StoredEvent(int(r[0]), int(r[1]), str(r[2]), bytes(r[3]), bool(r[4]))
+                    for r in rows
+                ]
         return []
 
     async def unpark_all(self) -> int:

@@ -9,7 +9,8 @@ One run measures, on the same private mosquitto:
   the last PUBACK. The payloads are built by the agent's own code (profile, DevicePoints,
   events.encode) from the same config, so topic and bytes are alike.
 * the AGENT: a real `python -m agent.cli run` process with a synthetic device asked for far
-  more readings than it can deliver, plus a fence device. After a warm-up, PUBACKs/s and
+  more readings than it can deliver (its profile with heartbeat 0, so that report-by-
+  exception keeps every reading), plus a fence device. After a warm-up, PUBACKs/s and
   committed/s come from the deltas of its status file (broker.acked, store.committed and
   their `written` stamps); its CPU (utime+stime) and RSS (VmRSS) come from /proc.
 

@@ -117,7 +117,8 @@ class ModbusSim:
             s = self.stats()
             return s if s and pred(s) else None
 
-        return wait_for(check, timeout, what)
+        found: dict[str, Any] = wait_for(check, timeout, what)
+        return found
 
     def requests(self, unit: int, function_code: int) -> int:
         """How many requests with this function code the server received for this unit."""

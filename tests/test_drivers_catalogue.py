@@ -12,17 +12,26 @@ import pytest
 from agent.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = sorted(p for p in (ROOT / "drivers").iterdir() if p.is_dir() and not p.name.startswith("_"))
+FOLDERS = sorted(
+    p for p in (ROOT / "drivers").iterdir() if p.is_dir() and not p.name.startswith("_")
+)
 
 
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
 def test_driver_folder_is_registered_and_documented(folder):
     targets = {ep.value.split(":")[0] for ep in entry_points(group="campus_agent.drivers")}
-    assert f"drivers.{folder.name}" in targets, f"no entry point in pyproject.toml for {folder.name}"
+    assert f"drivers.{folder.name}" in targets, (
+        f"no entry point in pyproject.toml for {folder.name}"
+    )
     readme = (folder / "README.md").read_text()
     sample = (folder / "sample.toml").read_text()
     assert sample in readme, "the README must embed sample.toml verbatim"
-    for section in ("## What it talks to", "## Configuration", "## Troubleshooting", "## Known limits"):
+    for section in (
+        "## What it talks to",
+        "## Configuration",
+        "## Troubleshooting",
+        "## Known limits",
+    ):
         assert section in readme
 
 
@@ -31,6 +40,8 @@ def test_sample_config_is_valid(folder, tmp_path):
     sample = (folder / "sample.toml").read_text()
     tomllib.loads(sample)
     cfg = tmp_path / "agent.toml"
-    cfg.write_text('[agent]\nschool = "s"\ngateway = "g"\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n' + sample)
+    cfg.write_text(
+        '[agent]\nschool = "s"\ngateway = "g"\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n' + sample
+    )
     config = load_config(cfg)
     assert config.devices

@@ -12,8 +12,9 @@ readings taken from a named device.
 - `--device` serves one unit id. Its coils, discrete inputs, holding and input registers hold
   the vector file's first `[[case]]`; with `every=S` it moves to the next case every S seconds
   (round robin), so an alarm sets and clears and a reading changes. Addresses a case does not
-  name read as 0. Each table covers every address any case uses, plus 16 of slack; reads
-  beyond that get the Modbus exception "illegal data address", as from a real device.
+  name read as 0. Each table spans addresses 0-1023, or further to cover every address any
+  case names plus 16; reads beyond get the exception "illegal data address", as from a
+  real device.
 - Writes (coils, holding registers) are accepted, visible to later reads, and recorded. A
   case change rewrites only the addresses the vector file names, so written values elsewhere
   stay.
@@ -78,6 +79,7 @@ FUNCTION_TABLES = {
     4: "input",
 }
 SLACK = 16  # addresses past the highest one a vector file uses, so whole-range reads succeed
+MIN_TABLE = 1024  # every table spans at least 0-1023: room for writes the vectors do not name
 STATS_EVERY = 0.2  # seconds between stats file writes
 REOPEN_EVERY = 0.2  # seconds between attempts to reopen a lost serial port
 
@@ -86,6 +88,14 @@ Registers = Mapping[str, Mapping[int, int]]  # table -> address -> uint16 (or 0/
 
 class SimulatorError(Exception):
     """A bad command line or vector file; the message names the file, case and field."""
+
+    exit_code = 2
+
+
+class ListenError(SimulatorError):
+    """The TCP address cannot be listened on (in use, or not an address of this host)."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -270,12 +280,10 @@ class SimulatedUnit:
         self.applied: dict[str, int] = dict.fromkeys(TABLES, -1)
 
     def size(self, table: str) -> int:
-        """How many addresses the table holds (from 0): the highest used + 1 + SLACK."""
+        """How many addresses the table holds, from 0 (a multiple of 16, at most 65536)."""
         used = self.used[table]
-        size = (max(used) + 1 if used else 0) + SLACK
-        if table in BIT_TABLES:
-            size = -(-size // 16) * 16
-        return min(size, 65536)
+        size = max(MIN_TABLE, (max(used) + 1 if used else 0) + SLACK)
+        return min(-(-size // 16) * 16, 65536)
 
     def sim_device(self) -> SimDevice:
         """The pymodbus device: four separate tables, bits addressed one by one."""
@@ -409,7 +417,7 @@ class Simulator:
         )
         server.context = self.core
         if not await server.listen():
-            raise SimulatorError(f"cannot listen on {host}:{port} (in use, or not an address here)")
+            raise ListenError(f"cannot listen on {host}:{port} (in use, or not an address here)")
         bound = port
         if isinstance(server.transport, asyncio.Server) and server.transport.sockets:
             bound = int(server.transport.sockets[0].getsockname()[1])
@@ -493,7 +501,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a unit id that never answers (repeatable)",
     )
     p.add_argument("--stats", type=Path, metavar="FILE", help="write request counts here")
-    p.add_argument("--noise", type=_fraction, default=0.0, metavar="FRACTION")
+    p.add_argument(
+        "--noise",
+        type=_fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="answer this fraction of requests with random bytes (0 to 1)",
+    )
     p.add_argument("--seed", type=int, help="seed for --noise (repeatable garbage)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
@@ -535,7 +549,7 @@ async def _run(args: argparse.Namespace, units: Sequence[SimulatedUnit], stats: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the simulator until SIGTERM/SIGINT: 0 on a clean stop, 2 on a usage error."""
+    """Run until SIGTERM/SIGINT: 0 on a clean stop, 1 if it cannot listen, 2 on bad input."""
     parser = _parser()
     args = parser.parse_args(argv)
     unit_ids = [d.unit for d in args.device]
@@ -556,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_run(args, units, stats))
     except SimulatorError as exc:
         sys.stderr.write(f"simulator: {exc}\n")
-        return 2
+        return exc.exit_code
     return 0
 
 
