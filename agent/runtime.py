@@ -116,6 +116,7 @@ class Agent:
         self.drivers: dict[str, Driver] = {}
         self.bus_tasks: dict[str, asyncio.Task[None]] = {}
         self.restarts: Counter[str] = Counter()
+        self.stopped_bus_stats: dict[str, dict[str, Any]] = {}
         self.reloads = 0
         self.last_reload_error: str | None = None
         self._stop = asyncio.Event()
@@ -175,6 +176,9 @@ class Agent:
 
     def _start_bus(self, bus: BusSpec) -> None:
         devices = tuple(d for d in self.config.devices if d.bus == bus.id)
+        if not devices:
+            log.info("bus %s has no devices; not started", bus.id)
+            return
         self._bind(devices)
         self.bus_tasks[bus.id] = asyncio.create_task(
             self._supervise(bus, devices), name=f"driver[{bus.id}]"
@@ -182,7 +186,10 @@ class Agent:
 
     async def _stop_bus(self, bus_id: str) -> None:
         task = self.bus_tasks.pop(bus_id, None)
-        self.drivers.pop(bus_id, None)
+        driver = self.drivers.pop(bus_id, None)
+        stats = getattr(driver, "stats", None)
+        if stats is not None:
+            self.stopped_bus_stats[bus_id] = stats()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -305,9 +312,12 @@ class Agent:
                 "commands": self.router.status(),
                 "driver_restarts": dict(self.restarts),
                 "buses": {
-                    bus_id: stats()
-                    for bus_id, driver in sorted(self.drivers.items())
-                    if (stats := getattr(driver, "stats", None)) is not None
+                    **self.stopped_bus_stats,
+                    **{
+                        bus_id: stats()
+                        for bus_id, driver in sorted(self.drivers.items())
+                        if (stats := getattr(driver, "stats", None)) is not None
+                    },
                 },
                 "reloads": self.reloads,
                 "last_reload_error": self.last_reload_error,
