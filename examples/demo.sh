@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# The demo: two simulated devices, a private local broker, and the events as the district
-# sees them.
+# The demo: three Modbus devices (simulated), a private local broker, and the events as the
+# district sees them.
 #
 #   ./examples/demo.sh                   runs until Ctrl-C
 #   DEMO_SECONDS=15 ./examples/demo.sh   stops by itself 15 s after the agent started (CI
-#                                        smoke test): exit 0 if telemetry, an alarm and the
-#                                        command reply were all seen, 1 if not
+#                                        smoke test): exit 0 if telemetry of the classroom
+#                                        sensor and of the meter (with units and the values
+#                                        the simulator serves), fence zone 3 raised and
+#                                        cleared, and an "ok" command reply were all seen,
+#                                        1 if not
 #
 # On a fresh Debian/Ubuntu machine it first installs what is missing (apt-get, through sudo
 # when not root), creates .venv in the repo and installs the agent into it. Then it starts, on
 # 127.0.0.1 only and never the system's mosquitto service:
 #   - a private mosquitto on a free port (config and log in demo-run/),
+#   - one Modbus TCP simulator (python -m drivers.modbus.simulator) on a free port, serving
+#     unit 1, an XY-MD02 classroom sensor; unit 2, an Eastron SDM120 energy meter; and unit
+#     3, a pulse fence host, each answering with its profile's test vector
+#     (tests/vectors/*.toml) and moving to the vector's next case every 5, 7 and 4 s, so the
+#     readings change and fence zone 3 is raised and cleared (log and stats in demo-run/),
 #   - `campus-agent run` with examples/demo.toml (log in demo-run/agent.log),
 #   - `campus-agent tail`, the district's view, shown in this terminal,
 # prints `campus-agent status`, sends one fence.arm command a few seconds in, and on Ctrl-C
@@ -84,13 +92,15 @@ AGENT=$BIN/campus-agent
 
 # ---- 3. the run folder, the broker, the config -------------------------------------------
 
-if [[ -f $RUN/agent.pid ]] && kill -0 "$(cat "$RUN/agent.pid")" 2>/dev/null; then
-  die "a demo is already running (agent pid $(cat "$RUN/agent.pid")); stop it with Ctrl-C first"
-fi
+for f in agent simulator; do
+  if [[ -f $RUN/$f.pid ]] && kill -0 "$(cat "$RUN/$f.pid")" 2>/dev/null; then
+    die "a demo is already running ($f pid $(cat "$RUN/$f.pid")); stop it with Ctrl-C first"
+  fi
+done
 rm -rf -- "$RUN"
 mkdir -p -- "$RUN"
 
-MOSQ_PID="" AGENT_PID="" TAIL_PID="" VIEW_PID=""
+MOSQ_PID="" SIM_PID="" AGENT_PID="" TAIL_PID="" VIEW_PID=""
 
 stop_pid() { # pid seconds: SIGTERM, wait up to `seconds`, then SIGKILL; always reap
   local pid=$1 i
@@ -106,13 +116,14 @@ stop_pid() { # pid seconds: SIGTERM, wait up to `seconds`, then SIGKILL; always 
 cleanup() {
   trap - EXIT INT TERM
   # The agent first, while the broker is up: it drains and publishes its retained
-  # "offline" status, which tail still shows. The broker last.
+  # "offline" status, which tail still shows. Then the simulated devices; the broker last.
   stop_pid "$AGENT_PID" 15
+  stop_pid "$SIM_PID" 5
   [[ -z $VIEW_PID ]] || sleep 0.5
   stop_pid "$TAIL_PID" 2
   stop_pid "$VIEW_PID" 2
   stop_pid "$MOSQ_PID" 5
-  rm -f -- "$RUN/agent.pid" "$RUN/mosquitto.pid"
+  rm -f -- "$RUN/agent.pid" "$RUN/simulator.pid" "$RUN/mosquitto.pid"
 }
 trap cleanup EXIT
 trap 'echo; say "stopping"; exit 130' INT
@@ -138,25 +149,48 @@ for ((i = 0; ; i++)); do
 done
 say "mosquitto listening on 127.0.0.1:$PORT (pid $MOSQ_PID)"
 
+# The simulated devices: one Modbus TCP server, three unit ids (the `address` of each device
+# in examples/demo.toml), each filled from its profile's test vector and moving to the next
+# case every few seconds. Port 0: the kernel picks a free port, which the simulator writes
+# into its stats file ("listen") once it serves.
+VECTORS=$ROOT/tests/vectors
+SIM_STATS=$RUN/simulator.json
+"$BIN/python" -m drivers.modbus.simulator --tcp 127.0.0.1:0 \
+  --device "1=$VECTORS/xy-md02.toml:every=5" \
+  --device "2=$VECTORS/eastron-sdm120.toml:every=7" \
+  --device "3=$VECTORS/generic-pulse-fence.toml:every=4" \
+  --stats "$SIM_STATS" >"$RUN/simulator.log" 2>&1 &
+SIM_PID=$!
+echo "$SIM_PID" >"$RUN/simulator.pid"
+for ((i = 0; ; i++)); do
+  kill -0 "$SIM_PID" 2>/dev/null || die "the Modbus simulator did not start: $(tail -n 5 "$RUN/simulator.log")"
+  SIM_PORT=$("$BIN/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["listen"]["port"])' \
+    "$SIM_STATS" 2>/dev/null) && break
+  ((i < 100)) || die "the Modbus simulator does not listen after 10 s (see $RUN/simulator.log)"
+  sleep 0.1
+done
+say "Modbus simulator on 127.0.0.1:$SIM_PORT (pid $SIM_PID): unit 1 classroom sensor, unit 2 energy meter, unit 3 fence"
+
 CONFIG=$RUN/agent.toml
-sed "s|mqtt://127.0.0.1:PORT|mqtt://127.0.0.1:$PORT|" "$ROOT/examples/demo.toml" >"$CONFIG"
+sed -e "s|mqtt://127.0.0.1:PORT|mqtt://127.0.0.1:$PORT|" \
+  -e "s|^port = 1502 |port = $SIM_PORT |" "$ROOT/examples/demo.toml" >"$CONFIG"
+grep -q "^port = $SIM_PORT " "$CONFIG" || die "examples/demo.toml has no 'port = 1502' line for the simulator"
 "$AGENT" check --config "$CONFIG"
 
 # What the script needs from the config, read by the agent's own loader.
-read -r BASE FENCE ALARM_EVERY < <("$BIN/python" - "$CONFIG" <<'EOF'
+read -r BASE FENCE < <("$BIN/python" - "$CONFIG" <<'EOF'
 import sys
 from agent.config import load_config
 c = load_config(sys.argv[1])
 fence = next(d for d in c.devices if d.profile.category == "fence")
-every = getattr(fence.options, "alarm_every", None) or 0
-print(f"{c.agent.topic_prefix}/{c.agent.school}/{c.agent.gateway}", fence.id, every)
+print(f"{c.agent.topic_prefix}/{c.agent.school}/{c.agent.gateway}", fence.id)
 EOF
 )
 
 # ---- 4. tail, agent, status --------------------------------------------------------------
 
 # campus-agent tail subscribes before the agent starts and writes to a file, so that the
-# first events (a fence alarm already active at start-up, the devices coming online) are
+# first events (the first reading of every device, the devices coming online) are
 # not lost while the status is printed; the file is shown in this terminal further down.
 "$AGENT" tail --config "$CONFIG" >"$RUN/tail.log" 2>&1 &
 TAIL_PID=$!
@@ -166,33 +200,6 @@ for ((i = 0; ; i++)); do
   ((i < 150)) || die "campus-agent tail did not subscribe in 15 s: $(cat "$RUN/tail.log")"
   sleep 0.1
 done
-
-if [[ -n $DEMO_SECONDS ]] && [[ $ALARM_EVERY != 0 ]]; then
-  # The synthetic fence's alarm follows the wall clock: active during every other
-  # `alarm_every` period. A short run starts the agent at a moment when the alarm will be
-  # raised within the run (worst case for the agent's start-up: 4 s).
-  wait_s=$("$BIN/python" - "$ALARM_EVERY" "$DEMO_SECONDS" <<'EOF'
-import sys, time
-every, seconds = float(sys.argv[1]), float(sys.argv[2])
-def first_alarm(start, startup):
-    first = start + startup
-    phase = first % (2 * every)
-    return first if phase >= every else first + every - phase
-now = time.time()
-for tenth in range(int(20 * every) + 1):
-    start = now + tenth / 10
-    if all(first_alarm(start, s / 10) - start <= seconds - 2 for s in range(3, 41)):
-        print(f"{tenth / 10:.1f}")
-        break
-else:
-    print(0)
-EOF
-  )
-  if [[ $wait_s != 0 && $wait_s != 0.0 ]]; then
-    say "waiting ${wait_s}s so that the fence alarm (it toggles every ${ALARM_EVERY%.0}s) is raised within the ${DEMO_SECONDS} s run"
-    sleep "$wait_s"
-  fi
-fi
 
 "$AGENT" run --config "$CONFIG" >"$RUN/agent.log" 2>&1 &
 AGENT_PID=$!
@@ -212,6 +219,7 @@ echo
 say "in another terminal, try:"
 echo "    .venv/bin/campus-agent status --config demo-run/agent.toml"
 echo "    mosquitto_sub -h 127.0.0.1 -p $PORT -v -t '$BASE/#'"
+echo "    cat demo-run/simulator.json    # what the simulated devices were asked"
 echo "    kill -HUP $AGENT_PID    # reload demo-run/agent.toml"
 if [[ -n $DEMO_SECONDS ]]; then
   say "events as the district sees them (campus-agent tail); stopping after ${DEMO_SECONDS} s"
@@ -238,6 +246,7 @@ while :; do
   elapsed=$((SECONDS - STARTED))
   kill -0 "$AGENT_PID" 2>/dev/null || die "the agent stopped; its log: $(tail -n 20 "$RUN/agent.log")"
   kill -0 "$TAIL_PID" 2>/dev/null || die "campus-agent tail stopped: $(tail -n 5 "$RUN/tail.log")"
+  kill -0 "$SIM_PID" 2>/dev/null || die "the Modbus simulator stopped: $(tail -n 5 "$RUN/simulator.log")"
   if ((!sent && elapsed >= 5)); then
     send_command
     sent=1
@@ -250,15 +259,69 @@ done
 
 sleep 0.5 # let the viewer print the last lines
 cleanup
-count() { grep -c "^$1 " "$RUN/tail.log" || true; }
-telemetry=$(count telemetry) alarm=$(count alarm) reply=$(count reply) audit=$(count audit)
+count() { grep -c -E "$1" "$RUN/tail.log" || true; }
+env=$(count '^telemetry +env/')
+energy=$(count '^telemetry +energy/')
+raised=$(count '^alarm .* zone_3 ACTIVE')
+cleared=$(count '^alarm .* zone_3 CLEARED')
+reply=$(count '^reply .* ok:')
 echo
-say "stopped after ${DEMO_SECONDS} s; seen: $telemetry telemetry, $alarm alarm, $reply command reply, $audit audit events"
+say "stopped after ${DEMO_SECONDS} s; seen: $env env and $energy energy telemetry, zone 3 raised $raised and cleared $cleared times, $reply ok command reply"
 missing=()
-((telemetry > 0)) || missing+=(telemetry)
-((alarm > 0)) || missing+=(alarm)
-((reply > 0)) || missing+=("command reply")
+((env > 0)) || missing+=("env telemetry")
+((energy > 0)) || missing+=("energy telemetry")
+((raised > 0)) || missing+=("zone_3 ACTIVE")
+((cleared > 0)) || missing+=("zone_3 CLEARED")
+((reply > 0)) || missing+=("an ok command reply")
 if ((${#missing[@]})); then
   die "expected but not seen: ${missing[*]} (see demo-run/tail.log and demo-run/agent.log)"
 fi
+
+# Every telemetry reading shown must be one of the readings the simulator served (a case of
+# the profile's test vector), with the profile's units; the meter must show its voltage in V
+# and its energy in kWh.
+"$BIN/python" - "$CONFIG" "$VECTORS" "$RUN/tail.log" <<'EOF' || die "telemetry does not match what the simulated devices served (see demo-run/tail.log)"
+import math, re, sys, tomllib
+from pathlib import Path
+from agent.config import load_config
+
+config, vectors, tail = load_config(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+number = re.compile(r"^(\w+)=(-?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?)(\S*)$")
+devices = {f"{d.profile.category}/{d.id}": d for d in config.devices}
+bad, checked, meter_units = [], 0, False
+for line in tail.read_text().splitlines():
+    words = line.split()
+    if len(words) < 5 or words[0] != "telemetry" or words[1] not in devices:
+        continue
+    if any(w.startswith("quality=") for w in words):
+        continue  # a failed read: no values to compare
+    profile = devices[words[1]].profile
+    units = {p.name: p.unit or "" for p in profile.points if p.kind == "telemetry"}
+    cases = tomllib.loads((vectors / f"{profile.id}.toml").read_text())["case"]
+    seen, shown = {}, {}
+    for word in words[4:]:
+        m = number.match(word)
+        if m is None or units.get(m[1]) != m[3]:
+            name = m[1] if m else word.partition("=")[0]
+            bad.append(f"{line}\n    {word!r}: expected a number with unit {units.get(name)!r}")
+            break
+        seen[m[1]], shown[m[1]] = float(m[2]), m[3]
+    else:
+        if not any(
+            seen.keys() == units.keys()
+            and all(math.isclose(v, case["expect"][k], rel_tol=1e-6, abs_tol=1e-9) for k, v in seen.items())
+            for case in cases
+        ):
+            bad.append(f"{line}\n    matches no case of tests/vectors/{profile.id}.toml")
+        checked += 1
+        if profile.category == "energy" and shown.get("voltage") == "V" and "kWh" in shown.values():
+            meter_units = True
+for b in bad:
+    print(f"demo: {b}", file=sys.stderr)
+if not meter_units:
+    print("demo: no energy meter reading with voltage in V and energy in kWh", file=sys.stderr)
+if bad or not meter_units:
+    sys.exit(1)
+print(f"demo: {checked} telemetry readings checked: the values and units the simulator served")
+EOF
 exit 0

@@ -49,7 +49,11 @@ def test_good_example_configs_pass(tmp_path):
     cfg.write_text(text.replace("PORT", "1883"))
     config = load_config(cfg)
     assert config.store.path == tmp_path / "outbox.db"  # relative to the config file
-    assert {d.profile.id for d in config.devices} == {"synthetic-env", "synthetic-fence"}
+    assert {d.profile.id for d in config.devices} == {
+        "xy-md02",
+        "eastron-sdm120",
+        "generic-pulse-fence",
+    }
 
 
 @pytest.mark.parametrize(

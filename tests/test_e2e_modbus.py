@@ -32,7 +32,7 @@ def tcp_bus(sim: ModbusSim, bus_id: str = "io", extra: str = "") -> str:
 
 
 def device(
-    dev_id: str, profile: str, bus: str, unit: int, poll: str = "200ms", extra: str = ""
+    dev_id: str, profile: str, bus: str, unit: int, *, poll: str = "200ms", extra: str = ""
 ) -> str:
     return f'\n[[devices]]\nid = "{dev_id}"\nprofile = "{profile}"\nbus = "{bus}"\naddress = {unit}\npoll_interval = "{poll}"\n{extra}\n'
 
