@@ -54,6 +54,7 @@ class Point(_Strict):
     # Driver-specific addressing, validated by the driver that reads it.
     reg: dict[str, Any] | None = Field(default=None, alias="register")
     synthetic: dict[str, Any] | None = None
+    bridge: dict[str, Any] | None = None  # firmware bridge: `{ id = 0, type = "int16" }`
 
 
 class ActionArg(_Strict):
@@ -70,6 +71,7 @@ class Action(_Strict):
     args: dict[str, ActionArg] = Field(default_factory=dict)
     # Driver-specific: what the action writes.
     reg: dict[str, Any] | None = Field(default=None, alias="register")
+    bridge: dict[str, Any] | None = None  # firmware bridge: `{ id = 0 }` (the ACTION id)
 
 
 class Profile(_Strict):

@@ -25,3 +25,17 @@ def test_throughput_benchmark_quick_run(tmp_path):
     assert "ceiling: raw paho QoS 1" in r.stdout
     doc = json.loads(out.read_text())
     assert doc["figures"], doc
+
+
+def test_modbus_benchmark_quick_run(tmp_path):
+    out = tmp_path / "modbus.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "modbus", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "points polled/s" in r.stdout
+    assert json.loads(out.read_text())

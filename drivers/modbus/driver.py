@@ -156,6 +156,7 @@ class _ModbusDriver:
             assert isinstance(d.address, int)  # noqa: S101 - check_device guarantees it
             self.devices[d.id] = _Device(d, d.address, plan_reads(points, gap), len(points))
         self.client: Client | None = None
+        self._idle: deque[Client] = deque()
         self.slot = BusSlot(1)
         self.requests = 0
         self.requests_saved = 0
@@ -195,26 +196,50 @@ class _ModbusDriver:
     def make_client(self) -> Client:
         raise NotImplementedError
 
+    connections = 1  # a pymodbus client serves one request at a time: one per slot
+
     async def run(self, sink: DeviceSink) -> None:
         """Connect, then poll every device until cancelled."""
-        client = self.make_client()
-        self.client = client
+        clients = [self.make_client() for _ in range(self.connections)]
         try:
-            if not await client.connect():
-                raise DriverError(f"cannot connect to {self.where()}")
+            for client in clients:
+                if not await client.connect():
+                    raise DriverError(f"cannot connect to {self.where()}")
+            self._idle = deque(clients)
+            self.client = clients[0]
             async with asyncio.TaskGroup() as tg:
-                for dev in self.devices.values():
-                    tg.create_task(self._poll_loop(dev, sink), name=f"modbus[{dev.device.id}]")
+                n = len(self.devices)
+                for i, dev in enumerate(self.devices.values()):
+                    # Spread first polls over one interval: 200 devices due in the same
+                    # instant would queue 400 requests on the bus every second.
+                    offset = dev.device.poll_interval * i / max(n, 1)
+                    tg.create_task(
+                        self._poll_loop(dev, sink, offset), name=f"modbus[{dev.device.id}]"
+                    )
         finally:
             self.client = None
-            client.close()
+            self._idle.clear()
+            for client in clients:
+                client.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, *, write: bool = False) -> AsyncIterator[Client]:
+        """A bus slot and an idle connection for one request."""
+        async with self.slot.hold(write=write):
+            if not self._idle:
+                raise ConnectionException("not connected")
+            client = self._idle.popleft()
+            try:
+                yield client
+            finally:
+                self._idle.append(client)
 
     def where(self) -> str:
         raise NotImplementedError
 
-    async def _poll_loop(self, dev: _Device, sink: DeviceSink) -> None:
+    async def _poll_loop(self, dev: _Device, sink: DeviceSink, offset: float = 0.0) -> None:
         interval = dev.device.poll_interval
-        next_due = time.monotonic()
+        next_due = time.monotonic() + offset
         while True:
             delay = next_due - time.monotonic()
             if delay > 0:
@@ -237,10 +262,11 @@ class _ModbusDriver:
     async def _poll(self, dev: _Device, sink: DeviceSink) -> bool:
         values: dict[str, Value] = {}
         failed: list[str] = []
-        ts = time.time()
+        ts = 0.0
         for block in dev.blocks:
             try:
                 raw = await self._read(dev.unit, block)
+                ts = ts or time.time()  # when the device answered, not when it was queued
             except ConnectionException as e:
                 raise DriverError(f"{self.where()}: connection lost ({e})") from None
             except (ModbusException, ValueError, TimeoutError) as e:
@@ -258,7 +284,7 @@ class _ModbusDriver:
         self.requests_saved += max(0, dev.points - len(dev.blocks))
         if failed and not values:
             dev.failures += 1
-            await sink.sample(Sample(dev.device.id, ts, {}, Quality.BAD))
+            await sink.sample(Sample(dev.device.id, time.time(), {}, Quality.BAD))
             if dev.failures == self.OFFLINE_AFTER:
                 await sink.availability(dev.device.id, online=False, reason=failed[-1])
             return False
@@ -269,10 +295,7 @@ class _ModbusDriver:
         return True
 
     async def _read(self, unit: int, block: ReadBlock) -> dict[str, int | float | bool]:
-        client = self.client
-        if client is None:
-            raise ConnectionException("not connected")
-        async with self.slot.hold():
+        async with self._connection() as client:
             self.requests += 1
             if block.table == "holding":
                 rr = await client.read_holding_registers(
@@ -309,11 +332,10 @@ class _ModbusDriver:
             words = encode(spec, value)
         except ValueError as e:
             raise ActionError(str(e)) from None
-        client = self.client
-        if client is None:
+        if self.client is None:
             raise ActionError(f"bus {self.bus.id} is not connected")
         try:
-            async with self.slot.hold(write=True):
+            async with self._connection(write=True) as client:
                 self.requests += 1
                 if spec.table == "coil":
                     rr = await client.write_coil(spec.address, bool(words[0]), device_id=dev.unit)
@@ -347,6 +369,7 @@ class ModbusTcpDriver(_ModbusDriver):
 
     def __init__(self, bus: BusSpec, devices: Sequence[BoundDevice]) -> None:
         super().__init__(bus, devices)
+        self.connections = bus.options.max_concurrent
         self.slot = BusSlot(bus.options.max_concurrent)
 
     def where(self) -> str:
