@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -221,6 +222,10 @@ class Agent:
         for section in ("agent", "mqtt", "store"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("config reload: [%s] changed; restart the agent to apply it", section)
+        # Those sections keep running as they are until a restart; show what runs.
+        new = dataclasses.replace(
+            new, agent=self.config.agent, mqtt=self.config.mqtt, store=self.config.store
+        )
         old_buses = {b.id: b for b in self.config.buses}
         new_buses = {b.id: b for b in new.buses}
         old_devs = {b: tuple(d for d in self.config.devices if d.bus == b) for b in old_buses}

@@ -12,6 +12,8 @@ have mosquitto || missing+=(mosquitto)
 have mosquitto_pub || missing+=(mosquitto-clients)
 have socat || missing+=(socat)
 have openssl || missing+=(openssl)
+have gcc || missing+=(gcc)
+have make || missing+=(make)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""

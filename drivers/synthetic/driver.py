@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from agent.errors import ActionError, DriverError
+from agent.profiles import Profile
 from agent.sample import BoundDevice, BusSpec, DeviceSink, Sample, Value
 from agent.units import parse_duration
 
@@ -45,6 +46,32 @@ class SyntheticDriver:
     profile_driver: ClassVar[str] = "synthetic"
     bus_model: ClassVar[type[BaseModel]] = SyntheticBus
     device_model: ClassVar[type[BaseModel]] = SyntheticDevice
+
+    @classmethod
+    def check_profile(cls, profile: Profile) -> list[tuple[str, str]]:
+        """(field, message) for a `synthetic = {…}` table the generator would misread."""
+        problems: list[tuple[str, str]] = []
+        for i, p in enumerate(profile.points):
+            spec = p.synthetic or {}
+            for key in spec:
+                if key not in ("min", "max", "period", "initial"):
+                    problems.append(
+                        (
+                            f"points[{i}].synthetic.{key}",
+                            "unknown key; use min, max, period, initial",
+                        )
+                    )
+            for key in ("min", "max"):
+                if key in spec and (
+                    isinstance(spec[key], bool) or not isinstance(spec[key], int | float)
+                ):
+                    problems.append((f"points[{i}].synthetic.{key}", "must be a number"))
+            if "period" in spec:
+                try:
+                    parse_duration(spec["period"])
+                except ValueError as e:
+                    problems.append((f"points[{i}].synthetic.period", str(e)))
+        return problems
 
     def __init__(self, bus: BusSpec, devices: Sequence[BoundDevice]) -> None:
         self.bus = bus
