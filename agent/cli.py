@@ -335,6 +335,95 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_for(config: SiteConfig, role: str) -> Any:
+    """A paho client with the site's broker settings (TLS, credentials), not connected."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    m = config.mqtt
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"{config.agent.school}.{config.agent.gateway}.{role}-{os.getpid()}",
+        protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311,
+    )
+    if m.username:
+        client.username_pw_set(m.username, config.password())
+    if m.address.tls:
+        ctx = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
+        if m.cert_file and m.key_file:
+            ctx.load_cert_chain(str(m.cert_file), str(m.key_file))
+        client.tls_set_context(ctx)
+    return client
+
+
+def cmd_firmware(args: argparse.Namespace) -> int:
+    """Ask the running agent (through the broker, allowlisted and audited like any command)
+    to update a bridge node, and follow its progress until it is done or fails."""
+    import uuid
+    from datetime import UTC, datetime
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    device = config.device(args.device)
+    if device is None or device.profile.action("firmware_update") is None:
+        print(f"{args.device!r} is not a device with a firmware_update action", file=sys.stderr)
+        return EXIT_CONFIG
+    base = f"{config.agent.topic_prefix}/{config.agent.school}/{config.agent.gateway}"
+    cid = f"cli-fw-{uuid.uuid4().hex[:12]}"
+    fw_args: dict[str, str] = {"file": args.file}
+    if args.version:
+        fw_args["version"] = args.version
+    request = {
+        "id": cid,
+        "action": "firmware_update",
+        "args": fw_args,
+        "ts": datetime.now(UTC).isoformat(),
+    }
+    client = _client_for(config, "firmware")
+    outcome: list[int] = []
+
+    def on_connect(c: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+        if rc.is_failure:
+            print(f"broker refused: {rc}", file=sys.stderr)
+            outcome.append(1)
+            c.disconnect()
+            return
+        c.subscribe([(f"{base}/cmd-reply/{args.device}", 1), (f"{base}/state/+/{args.device}", 1)])
+        c.publish(f"{base}/cmd/{args.device}", orjson.dumps(request), qos=1)
+
+    def on_message(c: Any, u: Any, msg: Any) -> None:
+        try:
+            doc = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
+            return
+        if "/cmd-reply/" in msg.topic and doc.get("id") == cid:
+            if doc.get("result") != "ok":
+                print(f"refused: {doc.get('code')}: {doc.get('reason')}", file=sys.stderr)
+                outcome.append(1)
+                c.disconnect()
+            else:
+                print(f"update started: {args.file} ({doc.get('data', {}).get('size')} bytes)")
+        elif "fw_state" in doc and not msg.retain:
+            state, pct = doc.get("fw_state"), doc.get("fw_progress")
+            print(f"{args.device}: {state} {pct}%", flush=True)
+            if state in ("done", "failed", "rejected"):
+                outcome.append(0 if state == "done" else 1)
+                c.disconnect()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(config.mqtt.address.host, config.mqtt.address.port, keepalive=30)
+        client.loop_forever()
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        print(f"cannot reach {config.mqtt.url}: {e}", file=sys.stderr)
+        return 1
+    return outcome[0] if outcome else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="campus-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
@@ -357,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", help="only this kind (telemetry, alarm, access, state, audit)")
     p.add_argument("--raw", action="store_true", help="print topic and JSON payload")
     p.set_defaults(fn=cmd_tail)
+    p = add("firmware", "update a firmware-bridge node from a file in its bus's firmware_dir")
+    p.add_argument("device", help="the device id of the node")
+    p.add_argument("file", help="the image's file name inside the bus's firmware_dir")
+    p.add_argument("--version", help="the version the image reports after it boots")
+    p.set_defaults(fn=cmd_firmware)
     p = sub.add_parser("profiles", help="list, show or check device profiles")
     p.add_argument("action", choices=["list", "show", "check"])
     p.add_argument("target", nargs="?", help="a profile id (show) or a profile file (check)")

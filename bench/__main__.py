@@ -31,6 +31,11 @@ BENCHMARKS: list[Benchmark] = [
         "bench.modbus",
         "requests saved by block reads; points polled/s, CPU, RSS at 200 Modbus TCP devices",
     ),
+    Benchmark(
+        "bridge",
+        "bench.bridge",
+        "firmware bridge: bytes per DATA frame, and a firmware image's time on the wire",
+    ),
 ]
 
 

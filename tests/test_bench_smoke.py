@@ -39,3 +39,18 @@ def test_modbus_benchmark_quick_run(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "points polled/s" in r.stdout
     assert json.loads(out.read_text())
+
+
+def test_bridge_figures_run(tmp_path):
+    out = tmp_path / "bridge.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "bridge", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    fw = json.loads(out.read_text())["firmware"]
+    assert fw["chunks"] == 1311
+    assert fw["wire_bytes"] > fw["size"]

@@ -1,0 +1,400 @@
+"""The firmware bridge host and driver against the Python node simulator on a socat pty pair:
+the host alone (in-process, counting exactly what it delivers) and a real agent process with a
+real broker (telemetry, alarms, commands, cable pulled, firmware updates)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, wait_for
+from modbus_peers import PtyPair
+
+from firmware_bridge.host import Host, ImageRejectedError, NodeInfo
+from firmware_bridge.messages import Point
+
+CMD = "campus/v1/pt-023/gw-main/cmd/"
+
+
+class NodeSim:
+    """firmware_bridge.simulator in a subprocess, with its stats file."""
+
+    def __init__(self, workdir: Path, port: Path, kind: str, *extra: str) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.stats_path = self.dir / "sim.json"
+        self.log = self.dir / "sim.log"
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "firmware_bridge.simulator",
+            "--port",
+            str(port),
+            "--kind",
+            kind,
+            "--fw-dir",
+            str(self.dir / "fw"),
+            "--stats",
+            str(self.stats_path),
+            "--log-level",
+            "debug",
+            *extra,
+        ]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def line(tmp_path):
+    pty = PtyPair(tmp_path / "pty")
+    pty.start()
+    yield pty
+    pty.stop()
+
+
+@pytest.fixture
+def node(tmp_path, line):
+    made: list[NodeSim] = []
+
+    def start(kind: str, *extra: str) -> NodeSim:
+        sim = NodeSim(tmp_path / f"node-{len(made)}", line.a, kind, *extra)
+        made.append(sim)
+        return sim
+
+    yield start
+    for sim in made:
+        sim.stop()
+
+
+# ---------------------------------------------------------------- the host alone
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.online: list[NodeInfo] = []
+        self.offline: list[str] = []
+        self.readings: list[tuple[Point, ...]] = []
+        self.alarms: list[tuple[Point, ...]] = []
+
+    async def node_online(self, info: NodeInfo) -> None:
+        self.online.append(info)
+
+    async def node_offline(self, reason: str) -> None:
+        self.offline.append(reason)
+
+    async def data(self, points: tuple[Point, ...], ts: float) -> None:
+        self.readings.append(points)
+
+    async def event(self, points: tuple[Point, ...], ts: float) -> None:
+        self.alarms.append(points)
+
+
+async def until(pred, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return value
+
+
+@pytest.mark.asyncio
+async def test_retransmitted_alarms_are_delivered_once_and_garbage_is_counted(line, node):
+    sim = node("fence", "--drop-acks", "3", "--alarm-every", "0.4", "--garbage-every", "0.3")
+    rec = Recorder()
+    host = Host(str(line.b), rec)
+    task = asyncio.create_task(host.run())
+    try:
+        await until(lambda: rec.online, 10, "HELLO")
+        assert rec.online[0].model == "campus-fence-node" and rec.online[0].fw_version == "1.0.0"
+        await until(
+            lambda: sim.stats().get("acks_dropped") == 3 and len(rec.alarms) >= 5, 15, "events"
+        )
+        await until(lambda: host.stats()["garbage"] >= 6, 5, "garbage")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)  # the simulator writes its stats every 100 ms
+        st, s = host.stats(), sim.stats()
+        # Zone 1 toggles with every new EVENT, so a duplicate delivery would show as the same
+        # value twice in a row: every EVENT was delivered once, although three of them were
+        # sent again after their ACK was ignored.
+        values = [points[0].value.value for points in rec.alarms]
+        assert values == [i % 2 == 0 for i in range(len(values))]
+        assert len(rec.alarms) <= s["events"]
+        assert s["event_transmissions"] > s["events"]
+        assert st["duplicates"] >= 3 and st["retransmissions"] >= 3
+        assert st["events"] == len(rec.alarms)
+        assert st["crc_errors"] >= 1 and st["cobs_errors"] >= 1 and st["too_short"] >= 1
+        assert rec.readings and st["online"] is True
+    finally:
+        task.cancel()
+
+
+@pytest.mark.asyncio
+async def test_silent_node_goes_offline_and_is_welcomed_again_after_hello_required(line, node):
+    sim = node("sensor", "--data-every", "0.2")
+    rec = Recorder()
+    host = Host(str(line.b), rec, silence=1.0, heartbeat=0.5)
+    task = asyncio.create_task(host.run())
+    try:
+        await until(lambda: rec.online and rec.readings, 10, "HELLO and DATA")
+        sim.proc.send_signal(signal.SIGSTOP)  # the node hangs: the port stays open
+        try:
+            await until(lambda: rec.offline, 5, "offline after silence")
+            assert rec.offline == ["no frame for 1s"]
+        finally:
+            sim.proc.send_signal(signal.SIGCONT)
+        # Its next DATA is answered NACK HELLO_REQUIRED; it says HELLO and is online again.
+        await until(lambda: len(rec.online) >= 2 and host.online, 10, "back online")
+        assert host.stats()["nacks_sent"] >= 1
+    finally:
+        task.cancel()
+
+
+# ---------------------------------------------------------------- the whole agent
+
+
+def bridge_bus(port: Path, extra: str = "") -> str:
+    return (
+        f'\n[[buses]]\nid = "node-1"\ndriver = "bridge"\nport = "{port}"\n'
+        f'silence_timeout = "3s"\n{extra}\n'
+    )
+
+
+def bridge_device(dev_id: str, profile: str) -> str:
+    return f'\n[[devices]]\nid = "{dev_id}"\nprofile = "{profile}"\nbus = "node-1"\n'
+
+
+def command(action: str, cid: str, **kw: Any) -> bytes:
+    from datetime import UTC, datetime
+
+    ts = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps({"id": cid, "action": action, "ts": ts, **kw}).encode()
+
+
+def reply(sub, cid: str) -> dict[str, Any]:
+    def find():
+        for m in sub.snapshot():
+            if "/cmd-reply/" in m.topic and m.json()["id"] == cid:
+                return m.json()
+        return None
+
+    return wait_for(find, 15, f"a reply to {cid}")
+
+
+def states(sub, dev: str) -> list[dict[str, Any]]:
+    return [e for e in sub.events("state") if e["device"] == dev]
+
+
+@pytest.mark.slow
+def test_sensor_node_telemetry_and_cable_pulled_and_plugged_back(
+    line, node, broker, subscribers, make_agent
+):
+    sim = node("sensor", "--data-every", "0.2", "--garbage-every", "0.5")
+    sub = subscribers(broker)
+    agent = make_agent(
+        broker.url,
+        bridge_bus(line.b) + bridge_device("a101-node", "campus-sensor-node"),
+        allow="[]",
+    )
+    tele = wait_for(
+        lambda: [e for e in sub.events("telemetry") if e["device"] == "a101-node"], 15, "telemetry"
+    )[0]
+    assert tele["category"] == "env" and tele["quality"] == "good"
+    assert tele["units"] == {"temperature": "°C", "humidity": "%RH", "battery": "V"}
+    assert 21.0 <= tele["values"]["temperature"] <= 22.0
+    assert tele["values"]["humidity"] == pytest.approx(45.5)
+    assert tele["values"]["battery"] == pytest.approx(3.25)
+    online = wait_for(lambda: [e for e in states(sub, "a101-node") if e["online"]], 5, "online")
+    assert online[0]["fw_version"] == "1.0.0" and online[0]["model"] == "campus-sensor-node"
+    line.pull_cable()
+    wait_for(lambda: [e for e in states(sub, "a101-node") if e["online"] is False], 10, "offline")
+    offline = next(e for e in states(sub, "a101-node") if e["online"] is False)
+    assert "serial port" in offline["reason"]
+    time.sleep(1.0)
+    seen = len(sub.events("telemetry"))
+    line.plug_cable()
+    wait_for(lambda: [e for e in states(sub, "a101-node")[-1:] if e["online"]], 15, "online again")
+    wait_for(lambda: len(sub.events("telemetry")) > seen, 10, "telemetry again")
+    assert agent.alive() and sim.proc.poll() is None
+    bus = agent.wait_status(
+        lambda s: s["buses"]["node-1"]["garbage"] >= 3, 10, "garbage counted in the status"
+    )["buses"]["node-1"]
+    assert bus["sessions"] >= 2 and bus["frames"] > 0 and bus["crc_errors"] >= 1
+    assert "driver failed" not in agent.log_text()
+    assert agent.terminate() == 0
+
+
+@pytest.mark.slow
+def test_fence_node_alarms_once_per_edge_and_arm_command_round_trip(
+    line, node, broker, subscribers, make_agent
+):
+    sim = node("fence", "--drop-acks", "2", "--alarm-every", "1")
+    sub = subscribers(broker, v5=True)
+    agent = make_agent(
+        broker.url, bridge_bus(line.b) + bridge_device("gate-fence", "campus-fence-node")
+    )
+    wait_for(lambda: len(sub.events("alarm")) >= 4, 20, "four alarm edges")
+    agent.wait_status(lambda s: s["broker"]["connected"], 10, "connected")
+    sub.publish(CMD + "gate-fence", command("disarm", "cmd-bridge-disarm-1"))
+    r = reply(sub, "cmd-bridge-disarm-1")
+    assert r["result"] == "ok", r
+    assert r["data"] == {"status": "ok", "message": "disarmed"}
+    sub.publish(CMD + "gate-fence", command("arm", "cmd-bridge-arm-0001"))
+    assert reply(sub, "cmd-bridge-arm-0001")["result"] == "ok"
+    sub.publish(CMD + "gate-fence", command("arm", "cmd-bridge-arm-0002"))
+    r = reply(sub, "cmd-bridge-arm-0002")
+    assert r["result"] == "failed" and r["reason"] == "node answered rejected: already armed"
+    wait_for(lambda: sim.stats()["actions"] == {"disarm": 1, "arm": 2}, 2, "actions at the node")
+    wait_for(
+        lambda: any(e.get("armed") is False for e in states(sub, "gate-fence")), 10, "armed=false"
+    )
+    assert agent.terminate() == 0
+    alarms = [e for e in sub.events("alarm") if e["device"] == "gate-fence"]
+    # Edges alternate: a retransmitted EVENT never shows up as a second edge.
+    assert [a["state"] for a in alarms] == ["active", "cleared"] * (len(alarms) // 2) + [
+        "active"
+    ] * (len(alarms) % 2)
+    assert all(a["zone"] == "1" and a["severity"] == "critical" for a in alarms)
+    bus = agent.status()["buses"]["node-1"]
+    assert bus["duplicates"] >= 2 and bus["events"] == len(alarms)
+
+
+def fw_states(sub, dev: str) -> list[str]:
+    return [e["fw_state"] for e in states(sub, dev) if "fw_state" in e]
+
+
+@pytest.mark.slow
+def test_firmware_update_interrupted_by_a_pulled_cable_resumes_and_is_reported(  # noqa: PLR0917 - fixtures
+    tmp_path, line, node, broker, subscribers, make_agent
+):
+    fw_dir = tmp_path / "firmware"
+    fw_dir.mkdir()
+    image = os.urandom(40_000)
+    (fw_dir / "fence-2.0.0.bin").write_bytes(image)
+    sim = node("fence", "--alarm-every", "0")
+    sub = subscribers(broker)
+    agent = make_agent(
+        broker.url,
+        bridge_bus(line.b, f'firmware_dir = "{fw_dir}"')
+        + bridge_device("gate-fence", "campus-fence-node"),
+        allow='["fence.firmware_update"]',
+    )
+    wait_for(lambda: [e for e in states(sub, "gate-fence") if e["online"]], 15, "online")
+    agent.wait_status(lambda s: s["broker"]["connected"], 10, "connected")
+    sub.publish(
+        CMD + "gate-fence",
+        command(
+            "firmware_update",
+            "cmd-fw-update-0001",
+            args={"file": "fence-2.0.0.bin", "version": "2.0.0"},
+        ),
+    )
+    r = reply(sub, "cmd-fw-update-0001")
+    assert r["result"] == "ok" and r["data"]["fw_state"] == "started"
+    assert r["data"]["sha256"] == hashlib.sha256(image).hexdigest()
+    wait_for(lambda: sim.stats().get("fw_chunks", 0) >= 40, 20, "part of the image sent")
+    line.pull_cable()
+    wait_for(lambda: "interrupted" in fw_states(sub, "gate-fence"), 10, "interrupted")
+    time.sleep(0.5)
+    line.plug_cable()
+    wait_for(lambda: "done" in fw_states(sub, "gate-fence"), 30, "update done")
+    s = wait_for(lambda: sim.stats()["running"] == "2.0.0" and sim.stats(), 2, "new firmware")
+    assert s["reboots"] == 1
+    # The second FW_BEGIN resumed where the node stood, not at 0.
+    assert len(s["fw_begins"]) == 2 and s["fw_begins"][1][1] >= 40 * 200
+    assert s["fw_chunks"] < len(image) // 200 + 20
+    done = [e for e in states(sub, "gate-fence") if e.get("fw_state") == "done"][-1]
+    assert done["fw_version"] == "2.0.0" and done["fw_progress"] == 100
+
+    assert agent.terminate() == 0
+
+
+@pytest.mark.asyncio
+async def test_corrupted_image_is_rejected_by_sha256_and_aborted(line, node):
+    sim = node("sensor", "--corrupt-writes", "1")
+    rec = Recorder()
+    host = Host(str(line.b), rec)
+    task = asyncio.create_task(host.run())
+    try:
+        await until(lambda: rec.online, 10, "HELLO")
+        seen: list[str] = []
+
+        async def progress(state: str, done: int, total: int) -> None:
+            seen.append(state)
+
+        with pytest.raises(ImageRejectedError, match="sha256 does not match"):
+            await host.update_firmware(os.urandom(1000), "9.9.9", progress)
+        assert seen[-1] == "verifying"
+        s = await until(
+            lambda: sim.stats().get("fw_verify_failed") == 1 and sim.stats(), 5, "stats"
+        )
+        assert s["running"] == "1.0.0" and s["fw_state"] == 4  # ROLLED_BACK: aborted
+        assert rec.online[-1].fw_version == "1.0.0" and len(rec.online) == 1
+    finally:
+        task.cancel()
+
+
+@pytest.mark.slow
+def test_firmware_cli_starts_an_update_and_shows_its_progress(  # noqa: PLR0917 - fixtures
+    tmp_path, line, node, broker, subscribers, make_agent
+):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    fw_dir = tmp_path / "firmware"
+    fw_dir.mkdir()
+    (fw_dir / "sensor-1.1.0.bin").write_bytes(os.urandom(12_000))
+    node("sensor", "--data-every", "1")
+    sub = subscribers(broker)
+    agent = make_agent(
+        broker.url,
+        bridge_bus(line.b, f'firmware_dir = "{fw_dir}"') + bridge_device("a101-node", "campus-sensor-node"),
+        allow='["env.firmware_update"]',
+    )
+    wait_for(lambda: [e for e in states(sub, "a101-node") if e["online"]], 15, "online")
+    agent.wait_status(lambda s: s["broker"]["connected"], 10, "connected")
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "firmware", "--config", str(agent.config), "a101-node",
+         "sensor-1.1.0.bin", "--version", "1.1.0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "update started: sensor-1.1.0.bin (12000 bytes)" in r.stdout
+    assert "a101-node: done 100%" in r.stdout
+    audits = [e["command"] for e in sub.events("audit")]
+    assert any(a["action"] == "firmware_update" and a["result"] == "ok" for a in audits)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "firmware", "--config", str(agent.config), "a101-node", "../../etc/passwd"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 1
+    assert "refused:" in r.stderr
+    assert agent.terminate() == 0
