@@ -376,15 +376,29 @@ def test_firmware_cli_starts_an_update_and_shows_its_progress(  # noqa: PLR0917 
     sub = subscribers(broker)
     agent = make_agent(
         broker.url,
-        bridge_bus(line.b, f'firmware_dir = "{fw_dir}"') + bridge_device("a101-node", "campus-sensor-node"),
+        bridge_bus(line.b, f'firmware_dir = "{fw_dir}"')
+        + bridge_device("a101-node", "campus-sensor-node"),
         allow='["env.firmware_update"]',
     )
     wait_for(lambda: [e for e in states(sub, "a101-node") if e["online"]], 15, "online")
     agent.wait_status(lambda s: s["broker"]["connected"], 10, "connected")
     r = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "firmware", "--config", str(agent.config), "a101-node",
-         "sensor-1.1.0.bin", "--version", "1.1.0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=90,
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "firmware",
+            "--config",
+            str(agent.config),
+            "a101-node",
+            "sensor-1.1.0.bin",
+            "--version",
+            "1.1.0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "update started: sensor-1.1.0.bin (12000 bytes)" in r.stdout
@@ -392,8 +406,20 @@ def test_firmware_cli_starts_an_update_and_shows_its_progress(  # noqa: PLR0917 
     audits = [e["command"] for e in sub.events("audit")]
     assert any(a["action"] == "firmware_update" and a["result"] == "ok" for a in audits)
     r = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "firmware", "--config", str(agent.config), "a101-node", "../../etc/passwd"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "firmware",
+            "--config",
+            str(agent.config),
+            "a101-node",
+            "../../etc/passwd",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 1
     assert "refused:" in r.stderr
