@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections import deque
@@ -30,7 +29,6 @@ from firmware_bridge.frame import (
     Flags,
     Frame,
     FrameError,
-    FwState,
     MsgType,
     NackReason,
     encode_frame,
@@ -42,12 +40,7 @@ from firmware_bridge.messages import (
     ActionResult,
     Data,
     Event,
-    FwAbort,
-    FwBegin,
-    FwChunk,
-    FwCommit,
     FwStatus,
-    FwVerify,
     Heartbeat,
     Hello,
     Message,
@@ -552,7 +545,7 @@ class Host:
         if fut is not None and not fut.done():
             fut.set_result(answer)
 
-    async def _fw_request(self, message: Message) -> FwStatus:
+    async def fw_request(self, message: Message) -> FwStatus:
         """Send a FW_* request until FW_STATUS or a NACK answers it (1 s, 5 tries)."""
         for _ in range(FW_TRIES):
             self._require_online()
@@ -573,79 +566,17 @@ class Host:
     async def update_firmware(
         self, image: bytes, version: str, progress: ProgressCallback | None = None
     ) -> int:
-        """Send `image` to the node, verify and commit it, and wait for it to boot.
-
-        Resumes where the node stands (FW_STATUS.next_offset), so calling it again with the
-        same image after a `LinkDownError` continues the transfer. Returns the offset it
-        started from (0 for a fresh transfer).
-
-        Raises:
-            FirmwareError: the node rejected the image (sha256, size, state) or booted
-                another version (rollback); the staged image is aborted where it can be.
-            LinkDownError: the link went down; call again to resume.
-        """
-
-        async def report(state: str, done: int) -> None:
-            if progress is not None:
-                await progress(state, done, len(image))
+        """Send `image` to the node, verify, commit and wait for it to boot (see update.py)."""
+        from firmware_bridge.update import run_update  # noqa: PLC0415 - update.py imports host
 
         async with self._fw_lock:
-            digest = hashlib.sha256(image).digest()
-            try:
-                status = await self._fw_request(FwBegin(len(image), digest, version))
-            except NodeNackError as e:
-                raise FirmwareError(f"node refused the update: {e}") from None
-            start = offset = status.next_offset
-            if status.state == FwState.RECEIVING:
-                await report("transferring", offset)
-                while offset < len(image):
-                    chunk = image[offset : offset + 200]
-                    try:
-                        status = await self._fw_request(FwChunk(offset, chunk))
-                    except NodeNackError as e:
-                        await self._abort()
-                        raise FirmwareError(f"node refused a chunk at {offset}: {e}") from None
-                    if status.state != FwState.RECEIVING:
-                        raise FirmwareError(
-                            f"node left the transfer (state {FwState(status.state).name})"
-                        )
-                    offset = status.next_offset
-                    await report("transferring", offset)
-                await report("verifying", offset)
-                try:
-                    status = await self._fw_request(FwVerify())
-                except NodeNackError as e:
-                    await self._abort()
-                    if e.reason == NackReason.VERIFY_FAILED:
-                        raise ImageRejectedError(
-                            "node rejected the image: its sha256 does not match"
-                        ) from None
-                    raise FirmwareError(str(e)) from None
-            if status.state != FwState.VERIFIED:
-                raise FirmwareError(f"node is in state {FwState(status.state).name}, not VERIFIED")
-            await report("committing", len(image))
-            booted: asyncio.Future[NodeInfo] = asyncio.get_running_loop().create_future()
-            self._hello_waiters.append(booted)
-            try:
-                status = await self._fw_request(FwCommit())
-            except NodeNackError as e:
-                raise FirmwareError(str(e)) from None
-            await report("rebooting", len(image))
-            try:
-                info = await asyncio.wait_for(booted, REBOOT_TIMEOUT)
-            except TimeoutError:
-                raise LinkDownError(
-                    f"node did not say HELLO within {REBOOT_TIMEOUT:g}s of FW_COMMIT"
-                ) from None
-            if info.fw_version != version:
-                raise FirmwareError(
-                    f"node booted firmware {info.fw_version!r}, not {version!r} (rolled back)"
-                )
-            return start
+            return await run_update(self, image, version, progress)
 
-    async def _abort(self) -> None:
-        with contextlib.suppress(NodeNackError, LinkDownError):
-            await self._fw_request(FwAbort())
+    def expect_hello(self) -> asyncio.Future[NodeInfo]:
+        """A future resolved by the node's next HELLO (it reboots after FW_COMMIT)."""
+        booted: asyncio.Future[NodeInfo] = asyncio.get_running_loop().create_future()
+        self._hello_waiters.append(booted)
+        return booted
 
 
 def action_status_name(status: int) -> str:

@@ -1,0 +1,103 @@
+"""Firmware update of a bridge node, host side: FW_BEGIN, chunks, verify, commit, reboot.
+
+Stop-and-wait: every FW_* request is answered by FW_STATUS (or a NACK) before the next is
+sent. It resumes where the node stands (FW_STATUS.next_offset), so running it again with the
+same image after a broken link continues the transfer. It never touches the serial port
+itself: it speaks through `Host.fw_request`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from typing import TYPE_CHECKING
+
+from firmware_bridge.frame import FwState, NackReason
+from firmware_bridge.host import (
+    REBOOT_TIMEOUT,
+    FirmwareError,
+    ImageRejectedError,
+    LinkDownError,
+    NodeNackError,
+    ProgressCallback,
+)
+from firmware_bridge.messages import FwAbort, FwBegin, FwChunk, FwCommit, FwVerify
+
+if TYPE_CHECKING:
+    from firmware_bridge.host import Host, NodeInfo
+
+CHUNK = 200  # bytes of image per FW_CHUNK (PROTOCOL.md: at most 200)
+
+
+async def run_update(
+    host: Host, image: bytes, version: str, progress: ProgressCallback | None = None
+) -> int:
+    """Send `image`, verify and commit it, and wait for the node to boot it.
+
+    Returns the offset it started from (0 for a fresh transfer).
+
+    Raises:
+        FirmwareError: the node rejected the image (sha256, size, state) or booted another
+            version (rollback); the staged image is aborted where it can be.
+        LinkDownError: the link went down; call again to resume.
+    """
+
+    async def report(state: str, done: int) -> None:
+        if progress is not None:
+            await progress(state, done, len(image))
+
+    digest = hashlib.sha256(image).digest()
+    try:
+        status = await host.fw_request(FwBegin(len(image), digest, version))
+    except NodeNackError as e:
+        raise FirmwareError(f"node refused the update: {e}") from None
+    start = offset = status.next_offset
+    if status.state == FwState.RECEIVING:
+        await report("transferring", offset)
+        while offset < len(image):
+            chunk = image[offset : offset + CHUNK]
+            try:
+                status = await host.fw_request(FwChunk(offset, chunk))
+            except NodeNackError as e:
+                await _abort(host)
+                raise FirmwareError(f"node refused a chunk at {offset}: {e}") from None
+            if status.state != FwState.RECEIVING:
+                raise FirmwareError(f"node left the transfer (state {FwState(status.state).name})")
+            offset = status.next_offset
+            await report("transferring", offset)
+        await report("verifying", offset)
+        try:
+            status = await host.fw_request(FwVerify())
+        except NodeNackError as e:
+            await _abort(host)
+            if e.reason == NackReason.VERIFY_FAILED:
+                raise ImageRejectedError(
+                    "node rejected the image: its sha256 does not match"
+                ) from None
+            raise FirmwareError(str(e)) from None
+    if status.state != FwState.VERIFIED:
+        raise FirmwareError(f"node is in state {FwState(status.state).name}, not VERIFIED")
+    await report("committing", len(image))
+    booted: asyncio.Future[NodeInfo] = host.expect_hello()
+    try:
+        status = await host.fw_request(FwCommit())
+    except NodeNackError as e:
+        raise FirmwareError(str(e)) from None
+    await report("rebooting", len(image))
+    try:
+        info = await asyncio.wait_for(booted, REBOOT_TIMEOUT)
+    except TimeoutError:
+        raise LinkDownError(
+            f"node did not say HELLO within {REBOOT_TIMEOUT:g}s of FW_COMMIT"
+        ) from None
+    if info.fw_version != version:
+        raise FirmwareError(
+            f"node booted firmware {info.fw_version!r}, not {version!r} (rolled back)"
+        )
+    return start
+
+
+async def _abort(host: Host) -> None:
+    with contextlib.suppress(NodeNackError, LinkDownError):
+        await host.fw_request(FwAbort())
