@@ -302,12 +302,16 @@ class Publisher:
         after: dict[int, int] = {}
         buffer: deque[StoredEvent] = deque()
         store = self.store
+        epoch = store.evictions
         window = self.cfg.window
         while True:
-            if not buffer or (
-                store.new_data.is_set() and store.min_new_priority < buffer[0].priority
+            if (
+                not buffer
+                or (store.new_data.is_set() and store.min_new_priority < buffer[0].priority)
+                or store.evictions != epoch  # fetched rows may have been evicted since
             ):
                 buffer.clear()  # cursors move only when sent, so nothing is skipped
+                epoch = store.evictions
                 rows = await store.fetch(after, max(window, 1000))
                 if not rows:
                     await store.new_data.wait()

@@ -38,7 +38,7 @@ from agent.store import Store
 log = logging.getLogger(__name__)
 
 RESTART_MIN = 1.0
-RESTART_MAX = 60.0
+RESTART_MAX = 15.0  # a bus whose cable is back is tried again within 15 s
 
 
 def status_path(config: SiteConfig) -> Path:

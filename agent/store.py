@@ -99,6 +99,7 @@ class Store:
         self.stats = StoreStats()
         self.last_seq = 0
         self.new_data = asyncio.Event()  # set after a commit that added rows
+        self.evictions = 0  # eviction rounds so far
         self.min_new_priority = int(Priority.TELEMETRY)  # most urgent priority since last fetch
         self._db: aiosqlite.Connection | None = None
         self._rdb: aiosqlite.Connection | None = None
@@ -512,6 +513,7 @@ class Store:
             self.stats.evicted[name] += n
             self.stats.backlog -= n
         if done:
+            self.evictions += 1  # the publisher drops rows it fetched before this
             self._log_eviction()
         with contextlib.suppress(sqlite3.Error):
             await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -105,7 +105,7 @@ def test_alarm_raised_during_backlog_arrives_before_backlog(broker, subscribers,
     wait_for(lambda: len(sub.events("telemetry")) > 100, 20, "events before the outage")
     broker.stop()
     down_at = time.time()
-    agent.wait_status(lambda s: s["backlog"] > 12000, 30, "a large telemetry backlog")
+    agent.wait_status(lambda s: s["backlog"] > 12000, 60, "a large telemetry backlog")
     outage_hwm = agent.status()["store"]["last_seq"]
     broker.start()
     up_at = time.time()
