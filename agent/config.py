@@ -105,6 +105,9 @@ class MqttSection(_Strict):
     window: int = Field(default=200, ge=1, le=10000)
     reconnect_min: Duration = 1.0
     reconnect_max: Duration = 60.0
+    # After a lost connection the first retry is drawn from [reconnect_min, reconnect_spread]
+    # (at most reconnect_max): a broker restart must not see a district reconnect at once.
+    reconnect_spread: Duration = 10.0
 
     @field_validator("url")
     @classmethod

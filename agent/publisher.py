@@ -121,7 +121,7 @@ class Publisher:
             attempt = attempt + 1 if time.monotonic() - began < 10 else 1
             if not self._stopping:
                 self._note_error("connection to the broker lost")
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(self._first_retry() if attempt == 1 else self._backoff(attempt))
 
     async def drain(self, limit: float) -> bool:
         """Wait until nothing is in flight (or `limit` seconds); True if drained."""
@@ -174,6 +174,14 @@ class Publisher:
         # "Equal jitter": at least half the step, so a district's gateways spread out
         # after a broker restart instead of all retrying in the same second.
         return cap / 2 + random.uniform(0, cap / 2)
+
+    def _first_retry(self) -> float:
+        # Spread the whole district over `reconnect_spread` after a broker restart (measured
+        # by bench/fleet.py: with a 1-2 s window, 81-97 % of 300 gateways came back in one
+        # second).
+        lo = self.cfg.reconnect_min
+        hi = max(lo, min(self.cfg.reconnect_spread, self.cfg.reconnect_max))
+        return random.uniform(lo, hi)
 
     def _note_error(self, message: str) -> None:
         if message != self.stats.last_error:
@@ -437,6 +445,7 @@ class Publisher:
         properties: Properties | None,
     ) -> None:
         seq = self._inflight.pop(mid, None)
+        self.stats.inflight = len(self._inflight)
         if seq is None:
             if mid in self._status_mids:
                 self._status_mids.discard(mid)
