@@ -310,6 +310,7 @@ class Publisher:
         after: dict[int, int] = {}
         buffer: deque[StoredEvent] = deque()
         store = self.store
+        store.rescan()  # a new session starts its cursors from nothing
         epoch = store.evictions
         window = self.cfg.window
         while True:
@@ -318,7 +319,9 @@ class Publisher:
                 or (store.new_data.is_set() and store.min_new_priority < buffer[0].priority)
                 or store.evictions != epoch  # fetched rows may have been evicted since
             ):
-                buffer.clear()  # cursors move only when sent, so nothing is skipped
+                if buffer:
+                    buffer.clear()  # cursors move only when sent, so nothing is skipped
+                    store.rescan()
                 epoch = store.evictions
                 rows = await store.fetch(after, max(window, 1000))
                 if not rows:

@@ -54,6 +54,7 @@ EVICT_ORDER = (Priority.TELEMETRY, Priority.STATE, Priority.ACCESS, Priority.ALA
 MAX_PENDING = 200_000  # events held in memory while the disk refuses writes
 MAX_BATCH = 2_000  # events per transaction: bounds how long one commit holds the loop
 HIGH_WATER = 20_000  # a producer waits for a commit above this many queued events
+ACK_DELAY = 0.25  # acknowledged events alone wait this long to be deleted (with new inserts)
 
 
 @dataclass
@@ -108,6 +109,12 @@ class Store:
         self._acks: list[int] = []
         self._parks: list[tuple[int, str]] = []
         self._wake = asyncio.Event()
+        self._events_queued = asyncio.Event()
+        # Per priority: may rows exist beyond the publisher's cursor? (a generation counter
+        # keeps a commit that lands during a fetch from being forgotten). Lets a fetch at
+        # low rates ask one query instead of four.
+        self._maybe_unsent = [True] * len(Priority)
+        self._generation = [0] * len(Priority)
         self._committed = asyncio.Event()
         self._next_seq = 1
         self._page_size = 4096
@@ -242,6 +249,7 @@ class Store:
         if len(self._pending) > MAX_PENDING:
             self._shed_pending()
         self._wake.set()
+        self._events_queued.set()
 
     async def add_wait(self, ev: NewEvent) -> None:
         """Queue an event; wait for a commit if too much is queued (back-pressure)."""
@@ -265,6 +273,13 @@ class Store:
         """The commit loop: one transaction per commit interval while there is work."""
         while True:
             await self._wake.wait()
+            if not self._pending:
+                # Only acknowledgements: delete them with the next insert, or after
+                # ACK_DELAY. At low rates this halves the transactions (one per event, not
+                # two), and a crash can resend at most ACK_DELAY of acknowledged events.
+                self._events_queued.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._events_queued.wait(), ACK_DELAY)
             await asyncio.sleep(self.commit_interval)
             try:
                 await self.commit_now()
@@ -349,6 +364,8 @@ class Store:
         for prio, n in enumerate(by_prio):
             if n:
                 self.stats.committed_by_priority[PRIORITY_NAMES[prio]] += n
+                self._maybe_unsent[prio] = True
+                self._generation[prio] += 1
         self.stats.delivered += deleted
         self.stats.backlog += len(rows) - deleted
         self.stats.parked += len(parks)
@@ -535,17 +552,28 @@ class Store:
         self.min_new_priority = int(Priority.TELEMETRY)
         self.new_data.clear()
         for prio in Priority:
-            rows = await rdb.execute_fetchall(
-                "SELECT seq, prio, topic, payload, retain FROM outbox "
-                "WHERE prio = ? AND seq > ? AND parked IS NULL ORDER BY seq LIMIT ?",
-                (int(prio), after.get(int(prio), 0), limit),
+            if not self._maybe_unsent[prio]:
+                continue
+            generation = self._generation[prio]
+            rows = list(
+                await rdb.execute_fetchall(
+                    "SELECT seq, prio, topic, payload, retain FROM outbox "
+                    "WHERE prio = ? AND seq > ? AND parked IS NULL ORDER BY seq LIMIT ?",
+                    (int(prio), after.get(int(prio), 0), limit),
+                )
             )
+            if len(rows) < limit and generation == self._generation[prio]:
+                self._maybe_unsent[prio] = False  # everything beyond the cursor is in `rows`
             if rows:
                 return [
                     StoredEvent(int(r[0]), int(r[1]), str(r[2]), bytes(r[3]), bool(r[4]))
                     for r in rows
                 ]
         return []
+
+    def rescan(self) -> None:
+        """The publisher's cursors went back (a new session, a dropped buffer): look again."""
+        self._maybe_unsent = [True] * len(Priority)
 
     async def unpark_all(self) -> int:
         """Make refused events eligible again (after a reconnect or a config change)."""
@@ -554,6 +582,7 @@ class Store:
             cur = await db.execute("UPDATE outbox SET parked = NULL WHERE parked IS NOT NULL")
             n = max(cur.rowcount, 0)
         self.stats.parked = 0
+        self.rescan()
         if n:
             self.min_new_priority = int(Priority.ALARM)
             self.new_data.set()
