@@ -2,12 +2,19 @@
 
 Options after the names go to every benchmark run, e.g. `python -m bench throughput --quick`.
 A benchmark is a module of this package with `main(argv) -> int`; add it to BENCHMARKS.
+
+When more than one benchmark ran, one combined table follows (bench/summary.py: the headline
+figures against the goals) and is written to results/summary.json (summary-quick.json after
+--quick). `python -m bench --summary [--quick]` rebuilds it from the latest result files
+without measuring anything.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+import time
+import traceback
 from dataclasses import dataclass
 
 
@@ -32,6 +39,16 @@ BENCHMARKS: list[Benchmark] = [
         "requests saved by block reads; points polled/s, CPU, RSS at 200 Modbus TCP devices",
     ),
     Benchmark(
+        "drain",
+        "bench.drain",
+        "500 000 events stored while the broker is down: drain rate vs raw paho, alarm delay",
+    ),
+    Benchmark(
+        "latency",
+        "bench.latency",
+        "sample -> PUBACK p50/p99 at 1000/s, CPU at 100 and 1000/s, idle CPU, start-up time",
+    ),
+    Benchmark(
         "bridge",
         "bench.bridge",
         "firmware bridge: bytes per DATA frame, and a firmware image's time on the wire",
@@ -42,7 +59,11 @@ BENCHMARKS: list[Benchmark] = [
 def usage() -> str:
     lines = ["usage: python -m bench [name ...] [options]  (options go to each benchmark)", ""]
     lines += [f"  {b.name:<12} {b.about}" for b in BENCHMARKS]
-    lines += ["", "`python -m bench NAME --help` lists a benchmark's options."]
+    lines += [
+        "",
+        "`python -m bench NAME --help` lists a benchmark's options.",
+        "`python -m bench --summary [--quick]` prints the combined table of the latest results.",
+    ]
     return "\n".join(lines)
 
 
@@ -52,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help", "--list"):
         print(usage())
         return 0
+    summary_only = "--summary" in args
+    args = [a for a in args if a != "--summary"]
     known = {b.name: b for b in BENCHMARKS}
     names: list[str] = []
     while args and not args[0].startswith("-"):
@@ -62,12 +85,42 @@ def main(argv: list[str] | None = None) -> int:
         names.append(name)
     chosen = [known[n] for n in names] if names else BENCHMARKS
     status = 0
-    for b in chosen:
+    since = time.time()
+    for b in [] if summary_only else chosen:
         if len(chosen) > 1:
             print(f"== {b.name} ==", flush=True)
-        code = int(importlib.import_module(b.module).main(list(args)))
+        try:
+            code = int(importlib.import_module(b.module).main(list(args)))
+        except Exception:  # one failed benchmark must not lose the others
+            traceback.print_exc()
+            code = 1
         status = status or code
+    if summary_only or len(chosen) > 1:
+        status = combined_table(args, since=None if summary_only else since) or status
     return status
+
+
+def combined_table(args: list[str], since: float | None) -> int:
+    """Print the combined table and write results/summary.json; 0 (or 1 if it failed)."""
+    from bench import summary
+
+    suffix = "-quick" if "--quick" in args else "-profiled" if "--profile" in args else ""
+    try:
+        out, doc = summary.write(suffix, since, argv=sys.argv[1:])
+    except Exception:  # the figures are already printed and written
+        traceback.print_exc()
+        return 1
+    m = doc["machine"]
+    print(f"\n== summary{' (quick: smoke sizes, not figures to quote)' if suffix else ''} ==")
+    print(
+        f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB; {m['os']}, kernel {m['kernel']}; "
+        f"Python {m['python']}, mosquitto {m['mosquitto']}, SQLite {m['sqlite']}"
+    )
+    print(summary.table(doc["rows"]))
+    if any(not r.get("fresh", True) for r in doc["rows"]):
+        print("* from an earlier invocation (see `sources` in the JSON)")
+    print(f"\nwritten: {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -58,12 +58,17 @@ def mosquitto_version(binary: str | None = None) -> str:
 
 
 class Mosquitto:
-    """A mosquitto process on a free loopback port; use as a context manager."""
+    """A mosquitto process on a free loopback port; use as a context manager.
 
-    def __init__(self, *, start_timeout: float = 10.0) -> None:
+    `port` pins the port, so that a broker stopped and started again comes back where its
+    clients expect it (the drain benchmark); the default picks a free port at each start.
+    """
+
+    def __init__(self, *, port: int = 0, start_timeout: float = 10.0) -> None:
         self.binary = mosquitto_binary()
         self.host = HOST
-        self.port = 0
+        self.fixed_port = port  # 0: a free port at every start()
+        self.port = port
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -107,7 +112,7 @@ class Mosquitto:
         """Start the broker and return once it accepts TCP connections (or raise)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-mosquitto-")
         self.dir = Path(self._tmp.name)
-        self.port = free_port(self.host)
+        self.port = self.fixed_port or free_port(self.host)
         conf = self._write_conf(self.dir)
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(conf)],

@@ -335,18 +335,44 @@ async def _ceiling(
     return CeilingRun(total, round(elapsed, 4), round(total / elapsed, 1))
 
 
-def run_ceiling(broker: Mosquitto, topic: str, payloads: list[bytes], p: Params) -> CeilingRun:
-    """One ceiling measurement in a fresh event loop of this process."""
+def measure_ceiling(
+    host: str,
+    port: int,
+    topic: str,
+    payloads: list[bytes],
+    *,
+    window: int = WINDOW,
+    paho_inflight: int = 0,
+    protocol: str = "5",
+) -> CeilingRun:
+    """Raw paho QoS 1, asyncio-native: publish `payloads` to `topic`, timed to the last PUBACK.
+
+    One measurement in a fresh event loop of this process; other benchmarks (drain) import
+    this to measure the same ceiling on their own broker in the same run.
+    """
     return asyncio.run(
         _ceiling(
-            broker.host,
-            broker.port,
+            host,
+            port,
             topic,
             payloads,
-            window=p.window,
-            paho_inflight=p.paho_inflight,
-            protocol=p.protocol,
+            window=window,
+            paho_inflight=paho_inflight,
+            protocol=protocol,
         )
+    )
+
+
+def run_ceiling(broker: Mosquitto, topic: str, payloads: list[bytes], p: Params) -> CeilingRun:
+    """One ceiling measurement in a fresh event loop of this process."""
+    return measure_ceiling(
+        broker.host,
+        broker.port,
+        topic,
+        payloads,
+        window=p.window,
+        paho_inflight=p.paho_inflight,
+        protocol=p.protocol,
     )
 
 
@@ -653,7 +679,7 @@ def parse_args(argv: list[str] | None) -> Params:
         description="Agent PUBACKs/s and committed/s against raw paho QoS 1 on the same broker.",
     )
     ap.add_argument("--runs", type=int, default=3, help="runs (each: ceiling + agent); 3")
-    ap.add_argument("--seconds", type=float, default=10.0, help="agent measured window; 10")
+    ap.add_argument("--seconds", type=float, default=30.0, help="agent measured window; 30")
     ap.add_argument("--warmup", type=float, default=2.0, help="agent warm-up seconds; 2")
     ap.add_argument(
         "--messages", type=int, default=100_000, help="ceiling payloads per run; 100000"

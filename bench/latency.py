@@ -1,0 +1,568 @@
+"""Latency and footprint at a steady rate, idle CPU, and start-up time to the first PUBACK.
+
+One run, on one private mosquitto, in three phases:
+
+1. STEADY at each `--rates` (1000 and 100 events/s): a real agent with one synthetic device
+   at that rate (its profile with `heartbeat = 0`, so every reading is one event). After a
+   warm-up, for `--seconds`:
+   * sample -> PUBACK: a packet capture on lo (bench/wire.py) pairs each event's PUBLISH
+     with the broker's PUBACK; the PUBACK's kernel timestamp minus the event's `ts`;
+   * sample -> publish: the PUBLISH's timestamp minus `ts` (the agent's own share);
+   * sample -> subscriber: a QoS 0 subscriber in its own process (bench/subscriber.py),
+     receipt time minus `ts`;
+   * the agent's CPU (utime+stime from /proc, all threads, % of one core) and RSS.
+2. IDLE: the agent with one device polled every `--idle-interval` (10 s), shipped profile,
+   for `--idle-seconds` (30): its CPU.
+3. START-UP, `--startups` times: an already-running broker; from the agent's process start
+   (just before `Popen`) to its first event's PUBACK on the wire, and to the first event at
+   the subscriber (also the CONNACK).
+
+`ts` is the sample's wall-clock time, written in milliseconds and truncated, so every latency
+here is up to 1 ms above the true one. Without a capture (not root: no AF_PACKET), the PUBACK
+figures are missing and sample -> subscriber stands in: on loopback the broker writes the
+PUBACK and the subscriber's copy in the same pass, so it is close to, but not strictly a
+bound of, sample -> PUBACK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.peers import Mosquitto, ProcStat
+from bench.subscriber import KIND_CODE, Stamps, SubscriberProcess
+from bench.summary import SystemLoad, machine, quantile
+from bench.throughput import WINDOW, AgentProcess, environment, write_profile
+from bench.wire import Capture, describe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCHOOL, GATEWAY = "pt-023", "gw-bench"
+BASE = f"campus/v1/{SCHOOL}/{GATEWAY}"
+CLIENT_ID = f"{SCHOOL}.{GATEWAY}"  # the agent's default client id
+TELEMETRY = KIND_CODE["telemetry"]
+
+AGENT_CONFIG = """\
+{profile_dirs}
+[agent]
+school = "{school}"
+gateway = "{gateway}"
+drain_timeout = "3s"
+
+[mqtt]
+url = "{url}"
+protocol = "{protocol}"
+window = {window}
+
+[store]
+path = "outbox.db"
+max_size = "256MiB"
+
+[[buses]]
+id = "sim"
+driver = "synthetic"
+
+[[devices]]
+id = "a101-env"
+profile = "synthetic-env"
+bus = "sim"
+location = {{ building = "A", floor = 1, room = "101" }}
+{device}
+"""
+
+
+class NoDelayMosquitto(Mosquitto):
+    """mosquitto with `set_tcp_nodelay true` (`--nodelay`): its PUBACKs are not held by Nagle.
+
+    mosquitto leaves Nagle's algorithm on by default: a 4-byte PUBACK written while an
+    earlier one is still unacknowledged waits for the client's (delayed) TCP ACK.
+    """
+
+    def _write_conf(self, d: Path) -> Path:
+        conf = super()._write_conf(d)
+        conf.write_text("set_tcp_nodelay true\n" + conf.read_text())
+        return conf
+
+
+@dataclass
+class Params:
+    runs: int
+    seconds: float
+    warmup: float
+    rates: list[float]
+    idle_seconds: float
+    idle_interval: float
+    startups: int
+    window: int
+    protocol: str
+    capture: bool
+    nodelay: bool
+    quick: bool
+    out: Path | None
+
+
+@dataclass
+class SteadyRun:
+    """One rate over its measured window."""
+
+    rate: float
+    window_s: float
+    events_per_s: float  # telemetry events received with `ts` in the window
+    sub_p50_ms: float | None
+    sub_p99_ms: float | None
+    sub_max_ms: float | None
+    puback_p50_ms: float | None
+    puback_p99_ms: float | None
+    puback_max_ms: float | None
+    publish_p50_ms: float | None
+    publish_p99_ms: float | None
+    paired: int  # events with both PUBLISH and PUBACK seen in the window
+    cpu_percent: float
+    rss_mib_peak: float
+    capture: dict[str, Any] | None = None
+    system: dict[str, Any] | None = None  # the whole machine over the window (SystemLoad)
+
+
+@dataclass
+class IdleRun:
+    window_s: float
+    cpu_percent: float
+    rss_mib: float
+    events: int
+    system: dict[str, Any] | None = None
+
+
+@dataclass
+class StartupRun:
+    connack_s: list[float | None] = field(default_factory=list)
+    puback_s: list[float | None] = field(default_factory=list)
+    subscriber_s: list[float | None] = field(default_factory=list)
+
+
+# ---- the agent's config --------------------------------------------------------------------
+
+
+def write_config(folder: Path, url: str, p: Params, *, rate: float | None, poll: float) -> Path:
+    """A config with one env device: at `rate` readings/s (every one an event), or polled."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if rate is not None:
+        profiles = write_profile(folder / "profiles").parent
+        dirs, device = f'profile_dirs = ["{profiles}"]\n', f"rate = {rate!r}"
+    else:
+        dirs, device = "", f'poll_interval = "{poll:g}s"'
+    cfg = folder / "agent.toml"
+    cfg.write_text(
+        AGENT_CONFIG.format(
+            profile_dirs=dirs,
+            school=SCHOOL,
+            gateway=GATEWAY,
+            url=url,
+            protocol=p.protocol,
+            window=p.window,
+            device=device,
+        )
+    )
+    return cfg
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(1000 * x, 2)
+
+
+def _wait(what: str, check: Any, timeout: float, agent: AgentProcess | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if agent is not None:
+            agent.check_alive()
+        if time.monotonic() > deadline:
+            tail = agent.log_tail() if agent is not None else ""
+            raise RuntimeError(f"{what}: not within {timeout:g}s\n{tail}")
+        time.sleep(0.01)
+
+
+# ---- phases --------------------------------------------------------------------------------
+
+
+def run_steady(
+    broker: Mosquitto, folder: Path, rate: float, p: Params, capture: Capture | None
+) -> SteadyRun:
+    sub = SubscriberProcess(broker.port, BASE, folder / "sub")
+    sub.start()
+    sub.wait_ready()
+    agent = AgentProcess(write_config(folder, broker.url, p, rate=rate, poll=1.0))
+    try:
+        stat = ProcStat(agent.start())
+        _wait("first event at the subscriber", lambda: sub.progress().get("count"), 60, agent)
+        time.sleep(p.warmup)
+        t0, cpu0 = time.time(), stat.cpu_seconds()
+        load = SystemLoad()
+        rss = [stat.rss_mib()]
+        while time.time() - t0 < p.seconds:
+            agent.check_alive()
+            time.sleep(0.25)
+            rss.append(stat.rss_mib())
+        t1, cpu1 = time.time(), stat.cpu_seconds()
+        system = load.result()
+    finally:
+        agent.stop()
+    sub.wait_quiet(quiet=0.3, timeout=10)
+    sub.stop()
+    a = sub.arrays()
+    lats = [
+        lat
+        for lat, recv, kind in zip(a["lat"], a["recv"], a["kind"], strict=True)
+        if kind == TELEMETRY and t0 <= recv - lat < t1
+    ]
+    puback: list[float] = []
+    publish: list[float] = []
+    cap_info = None
+    if capture is not None:
+        stamps = Stamps()
+        for ex in list(capture.exchanges):
+            if ex.publish < t0 - 5 or ex.puback is None:
+                continue
+            ts = stamps.epoch(orjson.loads(ex.payload)["ts"])
+            if t0 <= ts < t1:
+                puback.append(ex.puback - ts)
+                publish.append(ex.publish - ts)
+        cap_info = describe(capture)
+    return SteadyRun(
+        rate=rate,
+        window_s=round(t1 - t0, 3),
+        events_per_s=round(len(lats) / (t1 - t0), 1),
+        sub_p50_ms=_ms(quantile(lats, 0.5)),
+        sub_p99_ms=_ms(quantile(lats, 0.99)),
+        sub_max_ms=_ms(max(lats, default=None)),
+        puback_p50_ms=_ms(quantile(puback, 0.5)),
+        puback_p99_ms=_ms(quantile(puback, 0.99)),
+        puback_max_ms=_ms(max(puback, default=None)),
+        publish_p50_ms=_ms(quantile(publish, 0.5)),
+        publish_p99_ms=_ms(quantile(publish, 0.99)),
+        paired=len(puback),
+        cpu_percent=round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
+        rss_mib_peak=round(max(rss), 1),
+        capture=cap_info,
+        system=system,
+    )
+
+
+def run_idle(broker: Mosquitto, folder: Path, p: Params) -> IdleRun:
+    agent = AgentProcess(write_config(folder, broker.url, p, rate=None, poll=p.idle_interval))
+    try:
+        stat = ProcStat(agent.start())
+
+        def delivered() -> bool:
+            doc = agent.status()
+            return bool(doc and doc.get("broker", {}).get("acked"))
+
+        _wait("the idle agent's first PUBACK", delivered, 60, agent)
+        time.sleep(p.warmup)
+        first = agent.status() or {}
+        t0, cpu0 = time.monotonic(), stat.cpu_seconds()
+        load = SystemLoad()
+        time.sleep(p.idle_seconds)
+        agent.check_alive()
+        t1, cpu1 = time.monotonic(), stat.cpu_seconds()
+        system = load.result()
+        last = agent.status() or {}
+        rss = stat.rss_mib()
+    finally:
+        agent.stop()
+    events = int(last.get("broker", {}).get("acked", 0)) - int(
+        first.get("broker", {}).get("acked", 0)
+    )
+    return IdleRun(
+        window_s=round(t1 - t0, 3),
+        cpu_percent=round(100 * (cpu1 - cpu0) / (t1 - t0), 3),
+        rss_mib=round(rss, 1),
+        events=events,
+        system=system,
+    )
+
+
+def run_startups(broker: Mosquitto, folder: Path, p: Params, capture: Capture | None) -> StartupRun:
+    out = StartupRun()
+    sub = SubscriberProcess(broker.port, BASE, folder / "sub")
+    sub.start()
+    sub.wait_ready()
+    starts: list[float] = []
+    try:
+        for i in range(p.startups):
+            agent = AgentProcess(
+                write_config(folder / f"agent-{i + 1}", broker.url, p, rate=None, poll=1.0)
+            )
+            before = int(sub.progress().get("count") or 0)
+            started = time.time()
+            agent.start()
+            try:
+                _wait(
+                    "first event at the subscriber",
+                    lambda before=before: int(sub.progress().get("count") or 0) > before,
+                    60,
+                    agent,
+                )
+                if capture is not None:
+                    _wait("its PUBACK on the wire", lambda t=started: capture.first_puback(t), 10)
+            finally:
+                agent.stop()
+            starts.append(started)
+            if capture is not None:
+                acks = [t for t in capture.connacks if t >= started]
+                out.connack_s.append(round(min(acks) - started, 4) if acks else None)
+                first = capture.first_puback(started)
+                out.puback_s.append(None if first is None else round(first - started, 4))
+            time.sleep(0.2)
+    finally:
+        sub.stop()
+    recv = sub.arrays()["recv"]
+    for i, started in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else float("inf")
+        firsts = [t for t in recv if started <= t < end]
+        out.subscriber_s.append(round(min(firsts) - started, 4) if firsts else None)
+    return out
+
+
+# ---- the report ----------------------------------------------------------------------------
+
+
+def _row(name: str, unit: str, xs: list[float | None], n: int | None = None) -> dict[str, Any]:
+    vals = [x for x in xs if x is not None]
+    if not vals:
+        return {"figure": name, "unit": unit, "median": None, "min": None, "max": None}
+    return {
+        "figure": name,
+        "unit": unit,
+        "median": round(statistics.median(vals), 3),
+        "min": round(min(vals), 3),
+        "max": round(max(vals), 3),
+        "ceiling_median": None,
+        "ratio": None,
+        "runs": len(vals),
+        **({"samples": n} if n is not None else {}),
+    }
+
+
+def _label(rate: float) -> str:
+    return f"{rate:g}/s"
+
+
+def figures(
+    steady: dict[float, list[SteadyRun]], idle: list[IdleRun], startups: list[StartupRun]
+) -> list[dict[str, Any]]:
+    """Rows: median over the runs of each run's figure (its p50, p99, CPU...), min-max."""
+    rows: list[dict[str, Any]] = []
+    for rate, runs in steady.items():
+        lab = _label(rate)
+        rows += [
+            _row(f"{lab}: events delivered", "events/s", [r.events_per_s for r in runs]),
+            _row(
+                f"{lab}: sample -> PUBACK p50 (wire)",
+                "ms",
+                [r.puback_p50_ms for r in runs],
+                sum(r.paired for r in runs),
+            ),
+            _row(f"{lab}: sample -> PUBACK p99 (wire)", "ms", [r.puback_p99_ms for r in runs]),
+            _row(f"{lab}: sample -> PUBACK max (wire)", "ms", [r.puback_max_ms for r in runs]),
+            _row(f"{lab}: sample -> publish p50 (wire)", "ms", [r.publish_p50_ms for r in runs]),
+            _row(f"{lab}: sample -> publish p99 (wire)", "ms", [r.publish_p99_ms for r in runs]),
+            _row(f"{lab}: sample -> subscriber p50", "ms", [r.sub_p50_ms for r in runs]),
+            _row(f"{lab}: sample -> subscriber p99", "ms", [r.sub_p99_ms for r in runs]),
+            _row(f"{lab}: sample -> subscriber max", "ms", [r.sub_max_ms for r in runs]),
+            _row(f"{lab}: agent CPU", "%", [r.cpu_percent for r in runs]),
+            _row(f"{lab}: agent RSS peak", "MiB", [r.rss_mib_peak for r in runs]),
+        ]
+    rows += [
+        _row("idle: agent CPU", "%", [r.cpu_percent for r in idle]),
+        _row("idle: agent RSS", "MiB", [r.rss_mib for r in idle]),
+    ]
+
+    def med(xs: list[float | None]) -> float | None:
+        vals = [x for x in xs if x is not None]
+        return statistics.median(vals) if vals else None
+
+    rows += [
+        _row("start-up -> CONNACK (wire)", "s", [med(s.connack_s) for s in startups]),
+        _row("start-up -> first PUBACK (wire)", "s", [med(s.puback_s) for s in startups]),
+        _row("start-up -> first event at subscriber", "s", [med(s.subscriber_s) for s in startups]),
+    ]
+    return rows
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("figure", "median", "min-max", "runs")
+    body = [
+        (
+            f"{r['figure']} [{r['unit']}]",
+            _num(r["median"]),
+            "-" if r["median"] is None else f"{_num(r['min'])}-{_num(r['max'])}",
+            str(r.get("runs", 0)),
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths)).format
+    return "\n".join([fmt(*head), fmt(*("-" * w for w in widths)), *(fmt(*b) for b in body)])
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> Params:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench latency",
+        description="sample -> PUBACK / subscriber latency and CPU at steady rates; idle CPU; "
+        "start-up time to the first PUBACK.",
+    )
+    ap.add_argument("--runs", type=int, default=3, help="runs (each: every phase); 3")
+    ap.add_argument("--seconds", type=float, default=30.0, help="measured window per rate; 30")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds after the first event; 2")
+    ap.add_argument(
+        "--rates",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[1000.0, 100.0],
+        help="steady rates, events/s, comma-separated; 1000,100",
+    )
+    ap.add_argument("--idle-seconds", type=float, default=30.0, help="idle window; 30")
+    ap.add_argument("--idle-interval", type=float, default=10.0, help="idle poll period; 10")
+    ap.add_argument("--startups", type=int, default=3, help="start-ups per run; 3")
+    ap.add_argument("--window", type=int, default=WINDOW, help=f"in-flight window; {WINDOW}")
+    ap.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version; 5")
+    ap.add_argument(
+        "--no-capture", action="store_true", help="no packet capture (no PUBACK figures)"
+    )
+    ap.add_argument(
+        "--nodelay",
+        action="store_true",
+        help="the broker with `set_tcp_nodelay true` (mosquitto's default is Nagle on)",
+    )
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 run, 3 s, 1 start-up")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (results/latency.json)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.runs, a.seconds, a.warmup, a.idle_seconds, a.startups = 1, 3.0, 1.0, 3.0, 1
+        a.idle_interval = min(a.idle_interval, 2.0)
+    if a.runs < 1 or a.seconds < 1 or a.startups < 0 or not a.rates:
+        ap.error("--runs and --seconds must be >= 1, --rates not empty")
+    return Params(
+        runs=a.runs,
+        seconds=a.seconds,
+        warmup=a.warmup,
+        rates=a.rates,
+        idle_seconds=a.idle_seconds,
+        idle_interval=a.idle_interval,
+        startups=a.startups,
+        window=a.window,
+        protocol=a.protocol,
+        capture=not a.no_capture,
+        nodelay=a.nodelay,
+        quick=a.quick,
+        out=a.out,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parse_args(argv)
+    suffix = ("-quick" if p.quick else "") + ("-nodelay" if p.nodelay else "")
+    out = p.out or RESULTS / f"latency{suffix}.json"
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    no_capture = Capture.available() if p.capture else "--no-capture"
+    if no_capture is not None and p.capture:
+        print(f"latency: {no_capture}: no PUBACK figures", file=sys.stderr, flush=True)
+    steady: dict[float, list[SteadyRun]] = {r: [] for r in p.rates}
+    idle: list[IdleRun] = []
+    startups: list[StartupRun] = []
+    runs: list[dict[str, Any]] = []
+    broker_class = NoDelayMosquitto if p.nodelay else Mosquitto
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp, broker_class() as broker:
+        work = Path(tmp)
+        print(
+            f"latency: broker {broker.url} (pid {broker.pid}), {p.runs} run(s): "
+            f"{', '.join(_label(r) for r in p.rates)} for {p.warmup:g}s + {p.seconds:g}s each, "
+            f"idle {p.idle_seconds:g}s (poll {p.idle_interval:g}s), {p.startups} start-up(s); "
+            f"capture {'on' if no_capture is None else 'off'}"
+            f"{', broker set_tcp_nodelay' if p.nodelay else ''}",
+            flush=True,
+        )
+        for i in range(p.runs):
+            capture = None
+            if no_capture is None:
+                capture = Capture(broker.port, CLIENT_ID, BASE)
+                capture.start()
+            try:
+                run: dict[str, Any] = {"run": i + 1, "steady": []}
+                for rate in p.rates:
+                    s = run_steady(broker, work / f"run{i + 1}-{rate:g}", rate, p, capture)
+                    steady[rate].append(s)
+                    run["steady"].append(asdict(s))
+                    print(
+                        f"  run {i + 1}/{p.runs} {_label(rate)}: {s.events_per_s:,.0f} events/s, "
+                        f"sample->PUBACK p50/p99 {_num(s.puback_p50_ms)}/"
+                        f"{_num(s.puback_p99_ms)} ms, ->subscriber p50/p99 "
+                        f"{_num(s.sub_p50_ms)}/{_num(s.sub_p99_ms)} ms, CPU {s.cpu_percent:.1f}%, "
+                        f"RSS {s.rss_mib_peak:.1f} MiB; machine busy "
+                        f"{(s.system or {}).get('busy_percent')}%",
+                        flush=True,
+                    )
+                    if capture is not None:
+                        capture.exchanges.clear()
+                d = run_idle(broker, work / f"run{i + 1}-idle", p)
+                idle.append(d)
+                run["idle"] = asdict(d)
+                print(
+                    f"  run {i + 1}/{p.runs} idle: CPU {d.cpu_percent:.2f}% over "
+                    f"{d.window_s:g}s ({d.events} events), RSS {d.rss_mib:.1f} MiB",
+                    flush=True,
+                )
+                if p.startups:
+                    st = run_startups(broker, work / f"run{i + 1}-startup", p, capture)
+                    startups.append(st)
+                    run["startup"] = asdict(st)
+                    print(
+                        f"  run {i + 1}/{p.runs} start-up: CONNACK {st.connack_s} s, "
+                        f"first PUBACK {st.puback_s} s, at subscriber {st.subscriber_s} s",
+                        flush=True,
+                    )
+            finally:
+                if capture is not None:
+                    capture.stop()
+                    if capture.error:
+                        print(f"  warning: capture: {capture.error}", file=sys.stderr)
+            runs.append(run)
+    rows = figures(steady, idle, startups)
+    print()
+    print(table(rows))
+    doc: dict[str, Any] = {
+        "benchmark": "latency",
+        "started": started,
+        "params": {**asdict(p), "out": str(out), "capture": no_capture is None},
+        "environment": {**environment(), **machine()},
+        "figures": rows,
+        "runs": runs,
+    }
+    if no_capture is not None:
+        doc["no_capture"] = no_capture
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

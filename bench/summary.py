@@ -1,0 +1,322 @@
+"""The combined table: the headline figure of every benchmark against the goals of the issue.
+
+Built from the latest result file of each benchmark (`results/<name>.json`, or the `-quick`
+files after a `--quick` run), so `python -m bench --summary` rebuilds it without measuring
+anything. Each row: figure, median of the runs, min-max, the ceiling measured in the same
+run (when the goal is a ratio to it), the ratio, the goal, and pass / MISS judged on the
+median (the ratio's median for a ratio goal). Written to `results/summary.json` with the
+machine it ran on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sqlite3
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.peers import mosquitto_version
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---- small shared helpers ------------------------------------------------------------------
+
+
+def quantile(xs: list[float], q: float) -> float | None:
+    """The nearest-rank q-quantile (q=0.99: the smallest value >= 99 % of them)."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def _read(path: str, key: str) -> str | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            name, sep, value = line.partition(":" if path.startswith("/proc") else "=")
+            if sep and name.strip() == key:
+                return value.strip().strip('"')
+    except OSError:
+        pass
+    return None
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def machine() -> dict[str, Any]:
+    """The machine and the versions the figures were measured with."""
+    mem = _read("/proc/meminfo", "MemTotal")
+    flags = (_read("/proc/cpuinfo", "flags") or "").split()
+    family, model = _read("/proc/cpuinfo", "cpu family"), _read("/proc/cpuinfo", "model")
+    return {
+        "cpu": _read("/proc/cpuinfo", "model name") or platform.processor() or "?",
+        "cpu_family_model": f"{family}/{model}" if family else None,
+        "cpu_mhz": _read("/proc/cpuinfo", "cpu MHz"),
+        "virtual_machine": "hypervisor" in flags,
+        "cores": os.cpu_count(),
+        "ram_gib": round(int(mem.split()[0]) / 1024**2, 1) if mem else None,
+        "os": _read("/etc/os-release", "PRETTY_NAME") or platform.system(),
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+        "mosquitto": mosquitto_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "paho_mqtt": _version("paho-mqtt"),
+        "aiosqlite": _version("aiosqlite"),
+        "orjson": _version("orjson"),
+        "pydantic": _version("pydantic"),
+        "pymodbus": _version("pymodbus"),
+    }
+
+
+class SystemLoad:
+    """How busy the whole machine was over a window: /proc/stat, load average, PSI.
+
+    The development machine is shared: a figure measured while something else used the
+    cores or the disk is not the same figure. Each window records this next to it.
+    """
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.cpu0 = self._cpu()
+
+    @staticmethod
+    def _cpu() -> list[int]:
+        try:
+            line = Path("/proc/stat").read_text().splitlines()[0]
+        except OSError:
+            return []
+        return [int(x) for x in line.split()[1:]]
+
+    @staticmethod
+    def _psi(kind: str) -> float | None:
+        """`some avg10` of /proc/pressure/<kind>: % of the last 10 s something waited."""
+        try:
+            text = Path(f"/proc/pressure/{kind}").read_text().splitlines()[0]
+            return float(text.split()[1].split("=")[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def result(self) -> dict[str, Any]:
+        """Over the window: % of one core busy (all cores summed), iowait, steal; PSI now."""
+        cpu1 = self._cpu()
+        out: dict[str, Any] = {"seconds": round(time.monotonic() - self.t0, 2)}
+        if self.cpu0 and cpu1:
+            d = [b - a for a, b in zip(self.cpu0, cpu1, strict=False)]
+            total = sum(d[:8]) or 1
+            cores = os.cpu_count() or 1
+            idle, iowait, steal = d[3], d[4], d[7] if len(d) > 7 else 0
+            out["busy_percent"] = round(100 * cores * (total - idle - iowait) / total, 1)
+            out["iowait_percent"] = round(100 * cores * iowait / total, 1)
+            out["steal_percent"] = round(100 * cores * steal / total, 1)
+        out["load_average_1m"] = round(os.getloadavg()[0], 2)
+        out["psi_cpu_some_avg10"] = self._psi("cpu")
+        out["psi_io_some_avg10"] = self._psi("io")
+        return out
+
+
+# ---- the goals -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One headline figure of a benchmark and what the issue asks of it (None: shown only)."""
+
+    benchmark: str
+    figure: str  # as the benchmark names it in its `figures`
+    op: str | None = None  # "ratio>=", "<", "<=", "=="
+    target: float | None = None
+    text: str = ""
+
+
+GOALS: list[Goal] = [
+    Goal("throughput", "ceiling: raw paho QoS 1 PUBACKs/s"),
+    Goal("throughput", "agent: PUBACKs/s", "ratio>=", 0.6, ">= 0.6 x ceiling"),
+    Goal("throughput", "agent: committed/s"),
+    Goal("drain", "ceiling: raw paho QoS 1 PUBACKs/s"),
+    Goal("drain", "drain: PUBACKs/s", "ratio>=", 0.6, ">= 0.6 x ceiling"),
+    Goal("drain", "alarm during drain: sample -> subscriber p99", "<", 250, "< 250 ms"),
+    Goal("drain", "alarm during drain: sample -> subscriber max"),
+    Goal("drain", "broker back -> first backlog event at subscriber", "<", 2, "< 2 s"),
+    Goal("drain", "broker back -> backlog empty"),
+    Goal("drain", "duplicates received", "==", 0, "0"),
+    Goal("drain", "events missing", "==", 0, "0"),
+    Goal("latency", "1000/s: sample -> PUBACK p50 (wire)"),
+    Goal("latency", "1000/s: sample -> PUBACK p99 (wire)", "<", 20, "< 20 ms"),
+    Goal("latency", "1000/s: sample -> subscriber p50"),
+    Goal("latency", "1000/s: sample -> subscriber p99"),
+    Goal("latency", "1000/s: agent CPU"),
+    Goal("latency", "100/s: agent CPU", "<=", 5, "<= 5 %"),
+    Goal("latency", "idle: agent CPU", "<", 1, "< 1 %"),
+    Goal("latency", "start-up -> first PUBACK (wire)", "<", 2, "< 2 s"),
+    Goal("latency", "start-up -> first event at subscriber"),
+    Goal("modbus", "agent: RSS peak", "<", 60, "< 60 MiB"),
+    Goal("modbus", "agent: CPU per 100 events/s", "<=", 5, "<= 5 %"),
+    Goal("modbus", "agent: CPU (% of one core)"),
+]
+
+
+def result_file(name: str, suffix: str = "") -> Path:
+    return RESULTS / f"{name}{suffix}.json"
+
+
+def _verdict(goal: Goal, row: dict[str, Any]) -> str:
+    if goal.op is None or goal.target is None:
+        return ""
+    value = row.get("ratio") if goal.op == "ratio>=" else row.get("median")
+    if value is None:
+        return "?"
+    ok = {
+        "ratio>=": value >= goal.target,
+        "<": value < goal.target,
+        "<=": value <= goal.target,
+        "==": value == goal.target,
+    }[goal.op]
+    return "pass" if ok else "MISS"
+
+
+def combined(suffix: str = "", since: float | None = None) -> dict[str, Any]:
+    """The combined rows from the latest result files; `since`: the invocation's start."""
+    docs: dict[str, dict[str, Any] | None] = {}
+    sources: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(g.benchmark for g in GOALS):
+        path = result_file(name, suffix)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            doc = None
+        docs[name] = doc
+        if doc is not None:
+            sources[name] = {
+                "file": str(path),
+                "started": doc.get("started"),
+                "this_invocation": since is None or path.stat().st_mtime >= since,
+                "runs": doc.get("params", {}).get("runs"),
+            }
+    rows: list[dict[str, Any]] = []
+    for g in GOALS:
+        doc = docs.get(g.benchmark)
+        found = None
+        if doc is not None:
+            figures = doc.get("figures")
+            if isinstance(figures, list):
+                found = next((r for r in figures if r.get("figure") == g.figure), None)
+        row: dict[str, Any] = {"benchmark": g.benchmark, "figure": g.figure, "goal": g.text}
+        if found is None:
+            row.update({"unit": "", "median": None, "verdict": "not run" if g.op else ""})
+            rows.append(row)
+            continue
+        ceiling = found.get("ceiling_median")
+        if ceiling is None and found.get("reference_kind") == "ceiling":
+            ceiling = found.get("reference")
+        row.update(
+            {
+                "unit": found.get("unit", ""),
+                "median": found.get("median"),
+                "min": found.get("min"),
+                "max": found.get("max"),
+                "ceiling": ceiling,
+                "ratio": found.get("ratio"),
+                "fresh": sources[g.benchmark]["this_invocation"],
+            }
+        )
+        row["verdict"] = _verdict(g, row)
+        rows.append(row)
+    return {"rows": rows, "sources": sources}
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.3f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The combined rows as a fixed-width text table (`*`: not measured in this invocation)."""
+    head = ("benchmark", "figure", "median", "min-max", "ceiling", "ratio", "goal", "")
+    body = []
+    for r in rows:
+        unit = f" [{r['unit']}]" if r.get("unit") else ""
+        stale = "" if r.get("fresh", True) else "*"
+        spread = "-" if r.get("median") is None else f"{_num(r.get('min'))}-{_num(r.get('max'))}"
+        body.append(
+            (
+                r["benchmark"] + stale,
+                r["figure"] + unit,
+                _num(r.get("median")),
+                spread,
+                _num(r.get("ceiling")),
+                "-" if r.get("ratio") is None else f"{r['ratio']:.2f}",
+                r.get("goal") or "",
+                r.get("verdict") or "",
+            )
+        )
+    widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
+    left = (0, 1, 6, 7)
+    fmt = "  ".join(f"{{:{'<' if i in left else '>'}{w}}}" for i, w in enumerate(widths)).format
+    lines = [fmt(*head).rstrip(), fmt(*("-" * w for w in widths)).rstrip()]
+    lines += [fmt(*line).rstrip() for line in body]
+    return "\n".join(lines)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The combined rows as a Markdown table (docs/performance.md)."""
+    lines = [
+        "| benchmark | figure | median | min-max | ceiling | ratio | goal | |",
+        "|---|---|--:|--:|--:|--:|---|---|",
+    ]
+    for r in rows:
+        unit = f" [{r['unit']}]" if r.get("unit") else ""
+        spread = "-" if r.get("median") is None else f"{_num(r.get('min'))}-{_num(r.get('max'))}"
+        ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.2f}"
+        verdict = r.get("verdict") or ""
+        verdict = f"**{verdict}**" if verdict == "MISS" else verdict
+        cells = (
+            r["benchmark"],
+            (r["figure"] + unit).replace("->", "→"),
+            _num(r.get("median")),
+            spread,
+            _num(r.get("ceiling")),
+            ratio,
+            (r.get("goal") or "").replace(">=", "≥").replace("<=", "≤"),
+            verdict,
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write(
+    suffix: str = "", since: float | None = None, argv: list[str] | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Build the combined table, write results/summary<suffix>.json; (path, document)."""
+    doc = combined(suffix, since)
+    doc = {
+        "benchmark": "summary",
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": argv,
+        "quick": suffix == "-quick",
+        "machine": machine(),
+        **doc,
+    }
+    out = RESULTS / f"summary{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return out, doc
