@@ -325,11 +325,22 @@ class AgentProc:
     def wait_status(
         self, pred: Callable[[dict[str, Any]], Any], timeout: float, what: str
     ) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+
         def check() -> dict[str, Any] | None:
+            nonlocal last
             s = self.status()
+            if s:
+                last = s
             return s if s and pred(s) else None
 
-        return wait_for(check, timeout, what)
+        try:
+            return wait_for(check, timeout, what)
+        except AssertionError as e:
+            # Say what the agent last reported: a timeout alone does not tell why.
+            keys = ("written", "backlog", "store", "broker", "publish_rate", "buses")
+            seen = {k: last.get(k) for k in keys if k in last}
+            raise AssertionError(f"{e}; alive={self.alive()} last status: {seen}") from None
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -403,7 +414,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 ENV_DEVICE = """
 [[devices]]
 id = "a101-env"
-profile = "synthetic-env"
+profile = "synthetic-load"
 bus = "sim"
 location = {{ building = "A", floor = 1, room = "101" }}
 rate = {rate}
