@@ -105,9 +105,11 @@ class MqttSection(_Strict):
     window: int = Field(default=200, ge=1, le=10000)
     reconnect_min: Duration = 1.0
     reconnect_max: Duration = 60.0
-    # After a lost connection the first retry is drawn from [reconnect_min, reconnect_spread]
-    # (at most reconnect_max): a broker restart must not see a district reconnect at once.
-    reconnect_spread: Duration = 10.0
+    # While the broker cannot be reached, a TCP connect to its port every reconnect_probe
+    # (0: never) ends the backoff as soon as it listens again; the reconnection then waits a
+    # random part of reconnect_spread, so that a district does not come back all at once.
+    reconnect_probe: Duration = 1.0
+    reconnect_spread: Duration = 1.0
 
     @field_validator("url")
     @classmethod
@@ -124,6 +126,8 @@ class StoreSection(_Strict):
     path: Path = Path("/var/lib/campus-agent/outbox.db")
     max_size: Size = 512 * 1024**2
     commit_interval: Duration = 0.005
+    # Telemetry alone may wait this long to be committed with others (alarms never wait).
+    telemetry_delay: Duration = 0.05
     synchronous: Literal["full", "normal"] = "full"
 
     @field_validator("max_size")

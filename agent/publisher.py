@@ -41,6 +41,10 @@ class ConnectFailedError(Exception):
     """The broker could not be reached or refused the connection."""
 
 
+class UnreachableError(ConnectFailedError):
+    """Nothing answered at the broker's address (refused, unreachable, timed out)."""
+
+
 @dataclass
 class PublisherStats:
     """What the status reports about the connection."""
@@ -57,6 +61,7 @@ class PublisherStats:
     rate: float = 0.0  # PUBACKs per second, smoothed
     refusals_by_reason: dict[str, int] = field(default_factory=dict)
     status_refused: str | None = None  # the broker refused our retained status topic
+    probes_answered: int = 0  # reconnect probes that found the broker listening again
 
 
 class Publisher:
@@ -106,7 +111,13 @@ class Publisher:
         while not self._stopping:
             try:
                 await self._connect()
+            except UnreachableError as e:
+                self._note_error(str(e))
+                attempt += 1
+                await self._pause(self._backoff(attempt), probe=True)
+                continue
             except ConnectFailedError as e:
+                # The broker answered and refused (TLS, credentials): only the backoff.
                 self._note_error(str(e))
                 attempt += 1
                 await asyncio.sleep(self._backoff(attempt))
@@ -121,7 +132,42 @@ class Publisher:
             attempt = attempt + 1 if time.monotonic() - began < 10 else 1
             if not self._stopping:
                 self._note_error("connection to the broker lost")
-                await asyncio.sleep(self._first_retry() if attempt == 1 else self._backoff(attempt))
+                if attempt == 1:
+                    await asyncio.sleep(self._spread())
+                else:
+                    await asyncio.sleep(self._backoff(attempt))
+
+    async def _pause(self, delay: float, *, probe: bool) -> None:
+        """Wait `delay` before the next attempt, or less once the broker listens again.
+
+        A probe is a bare TCP connect to the broker's port, once per `reconnect_probe`: one
+        SYN while the broker is down, and the backoff (which may have grown to minutes) no
+        longer decides how long a school waits after the broker is back.
+        """
+        deadline = time.monotonic() + delay
+        every = self.cfg.reconnect_probe
+        if probe and every > 0:
+            while deadline - time.monotonic() > every:
+                await asyncio.sleep(every)
+                if await self._probe():
+                    await asyncio.sleep(self._spread())
+                    return
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+    async def _probe(self) -> bool:
+        addr = self.cfg.address
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(addr.host, addr.port),
+                min(self.cfg.connect_timeout, max(self.cfg.reconnect_probe, 1.0)),
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        self.stats.probes_answered += 1
+        return True
 
     async def drain(self, limit: float) -> bool:
         """Wait until nothing is in flight (or `limit` seconds); True if drained."""
@@ -175,13 +221,11 @@ class Publisher:
         # after a broker restart instead of all retrying in the same second.
         return cap / 2 + random.uniform(0, cap / 2)
 
-    def _first_retry(self) -> float:
-        # Spread the whole district over `reconnect_spread` after a broker restart (measured
-        # by bench/fleet.py: with a 1-2 s window, 81-97 % of 300 gateways came back in one
-        # second).
-        lo = self.cfg.reconnect_min
-        hi = max(lo, min(self.cfg.reconnect_spread, self.cfg.reconnect_max))
-        return random.uniform(lo, hi)
+    def _spread(self) -> float:
+        # Once the broker is (or may be) there again, each gateway waits a random part of
+        # `reconnect_spread`: a district's reconnections are spread over that window
+        # (bench/fleet.py measures how many arrive in any one second; docs/scaling.md).
+        return random.uniform(0.0, min(self.cfg.reconnect_spread, self.cfg.reconnect_max))
 
     def _note_error(self, message: str) -> None:
         if message != self.stats.last_error:
@@ -261,9 +305,12 @@ class Publisher:
             raise ConnectFailedError(
                 f"TLS: broker certificate not trusted: {e.verify_message}"
             ) from None
-        except (OSError, ssl.SSLError) as e:
+        except ssl.SSLError as e:
             self._teardown()
-            raise ConnectFailedError(f"cannot reach {addr.host}:{addr.port}: {e}") from None
+            raise ConnectFailedError(f"TLS handshake with {addr.host}:{addr.port}: {e}") from None
+        except OSError as e:
+            self._teardown()
+            raise UnreachableError(f"cannot reach {addr.host}:{addr.port}: {e}") from None
         sock = client.socket()
         if sock is None:
             self._teardown()

@@ -94,6 +94,7 @@ class Agent:
             self.origin,
             max_size=config.store.max_size,
             commit_interval=config.store.commit_interval,
+            telemetry_delay=config.store.telemetry_delay,
             synchronous=config.store.synchronous,
             clock=ClockState("auto"),
         )
@@ -302,12 +303,14 @@ class Agent:
                     "published": p.published,
                     "acked": p.acked,
                     "refusals": dict(p.refusals_by_reason),
+                    "probes_answered": p.probes_answered,
                 },
                 "store": {
                     "path": str(self.store.path),
                     "used_bytes": s.used_bytes,
                     "max_size": self.store.max_size,
                     "committed": s.committed,
+                    "transactions": s.transactions,
                     "committed_by_priority": dict(s.committed_by_priority),
                     "last_seq": self.store.last_seq,
                     "lost_uncommitted": s.lost_uncommitted,

@@ -55,6 +55,7 @@ MAX_PENDING = 200_000  # events held in memory while the disk refuses writes
 MAX_BATCH = 2_000  # events per transaction: bounds how long one commit holds the loop
 HIGH_WATER = 20_000  # a producer waits for a commit above this many queued events
 ACK_DELAY = 0.25  # acknowledged events alone wait this long to be deleted (with new inserts)
+GROUP = 8  # telemetry committed without waiting longer once this many events are queued
 
 
 @dataclass
@@ -62,6 +63,7 @@ class StoreStats:
     """Counters and gauges the status reports."""
 
     committed: int = 0
+    transactions: int = 0  # commits that added events
     committed_by_priority: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(PRIORITY_NAMES.values(), 0)
     )
@@ -88,6 +90,7 @@ class Store:
         *,
         max_size: int,
         commit_interval: float = 0.005,
+        telemetry_delay: float = 0.05,
         synchronous: str = "full",
         clock: ClockState | None = None,
     ) -> None:
@@ -95,6 +98,7 @@ class Store:
         self.origin = origin
         self.max_size = max_size
         self.commit_interval = commit_interval
+        self.telemetry_delay = telemetry_delay
         self.synchronous = synchronous
         self.clock = clock or ClockState("trust")
         self.stats = StoreStats()
@@ -110,6 +114,8 @@ class Store:
         self._parks: list[tuple[int, str]] = []
         self._wake = asyncio.Event()
         self._events_queued = asyncio.Event()
+        self._urgent = asyncio.Event()  # an event that must not wait for a group is queued
+        self._pending_since = 0.0  # when the oldest queued event was queued (monotonic)
         # Per priority: may rows exist beyond the publisher's cursor? (a generation counter
         # keeps a commit that lands during a fetch from being forgotten). Lets a fetch at
         # low rates ask one query instead of four.
@@ -245,7 +251,11 @@ class Store:
         """Queue an event for the next group commit (not yet captured)."""
         if not self.clock.synced():
             ev.unsynced = True
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending.append(ev)
+        if PRIORITY[ev.kind] != Priority.TELEMETRY or len(self._pending) >= GROUP:
+            self._urgent.set()
         if len(self._pending) > MAX_PENDING:
             self._shed_pending()
         self._wake.set()
@@ -281,6 +291,14 @@ class Store:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._events_queued.wait(), ACK_DELAY)
             await asyncio.sleep(self.commit_interval)
+            if self._pending and not self._urgent.is_set():
+                # Telemetry alone waits (up to telemetry_delay) for a group: at 100 events/s
+                # that is one transaction, one fetch and one wake-up per few events instead
+                # of per event. Anything else, or a full group, is committed at once.
+                wait = self._pending_since + self.telemetry_delay - time.monotonic()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._urgent.wait(), wait)
             try:
                 await self.commit_now()
             except (StoreFullError, sqlite3.Error) as e:
@@ -302,6 +320,9 @@ class Store:
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         if self._pending:
             self._wake.set()  # more is queued: commit again right after this one
+            self._pending_since = 0.0
+        else:
+            self._urgent.clear()
         acks, self._acks = self._acks, []
         parks, self._parks = self._parks, []
         seq = self._next_seq
@@ -326,11 +347,13 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+            deleted = 0
+            if acks:
+                # The next seq survives in the rows themselves (max(seq) + 1 at start-up)
+                # until rows are deleted: only then is it written down.
                 await db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)", (seq,)
                 )
-            deleted = 0
-            if acks:
                 for i in range(0, len(acks), 500):
                     chunk = acks[i : i + 500]
                     cur = await db.execute(
@@ -349,6 +372,7 @@ class Store:
                 await db.execute("ROLLBACK")
             # Nothing of this batch is captured yet: put it back in front, same seqs.
             self._pending[:0] = batch
+            self._pending_since = 0.0
             self._acks[:0] = acks
             self._parks[:0] = parks
             if self.stats.last_error is None:  # once per episode, not once per retry
@@ -361,6 +385,7 @@ class Store:
         self._next_seq = seq
         self.last_seq = seq - 1
         self.stats.committed += len(rows)
+        self.stats.transactions += 1 if rows else 0
         for prio, n in enumerate(by_prio):
             if n:
                 self.stats.committed_by_priority[PRIORITY_NAMES[prio]] += n
@@ -504,6 +529,10 @@ class Store:
         done: dict[str, int] = {}
         await db.execute("BEGIN IMMEDIATE")
         try:
+            await db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
+                (self._next_seq,),
+            )
             for prio in EVICT_ORDER:
                 if want <= 0:
                     break

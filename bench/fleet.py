@@ -104,6 +104,8 @@ class Params:
     settle: float
     reconnect_min: str
     reconnect_max: str
+    reconnect_spread: str
+    reconnect_probe: str
     protocol: str
     tls: bool
     store_dir: str
@@ -846,6 +848,8 @@ def mqtt_keys(p: Params, url: str, pki: Pki | None) -> dict[str, str]:
         "protocol": p.protocol,
         "reconnect_min": p.reconnect_min,
         "reconnect_max": p.reconnect_max,
+        "reconnect_spread": p.reconnect_spread,
+        "reconnect_probe": p.reconnect_probe,
     }
     return {**keys, **(pki.mqtt_fields() if pki is not None else {})}
 
@@ -1402,6 +1406,10 @@ def parse_args(argv: list[str] | None) -> Params:
     )
     ap.add_argument("--reconnect-min", default="1s", help="mqtt.reconnect_min; 1s (default)")
     ap.add_argument("--reconnect-max", default="60s", help="mqtt.reconnect_max; 60s (default)")
+    ap.add_argument("--reconnect-spread", default="1s", help="mqtt.reconnect_spread; 1s (default)")
+    ap.add_argument(
+        "--reconnect-probe", default="1s", help="mqtt.reconnect_probe; 1s (default), 0s: off"
+    )
     ap.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version; 5")
     ap.add_argument(
         "--tls",
@@ -1435,6 +1443,8 @@ def parse_args(argv: list[str] | None) -> Params:
         settle=a.settle,
         reconnect_min=a.reconnect_min,
         reconnect_max=a.reconnect_max,
+        reconnect_spread=a.reconnect_spread,
+        reconnect_probe=a.reconnect_probe,
         protocol=a.protocol,
         tls=a.tls,
         store_dir=a.store_dir,
@@ -1455,6 +1465,8 @@ def main(argv: list[str] | None = None) -> int:
             "url": "mqtt://127.0.0.1",
             "reconnect_min": p.reconnect_min,
             "reconnect_max": p.reconnect_max,
+            "reconnect_spread": p.reconnect_spread,
+            "reconnect_probe": p.reconnect_probe,
         }
     )
     raw = run(p)
@@ -1469,6 +1481,8 @@ def main(argv: list[str] | None = None) -> int:
             "out": str(out),
             "reconnect_min_s": mqtt_cfg.reconnect_min,
             "reconnect_max_s": mqtt_cfg.reconnect_max,
+            "reconnect_spread_s": mqtt_cfg.reconnect_spread,
+            "reconnect_probe_s": mqtt_cfg.reconnect_probe,
             "keepalive_s": mqtt_cfg.keepalive,
             "window": mqtt_cfg.window,
         },

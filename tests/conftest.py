@@ -269,8 +269,7 @@ status_interval = "2s"
 
 [mqtt]
 url = "{url}"
-reconnect_min = "200ms"
-reconnect_max = "1s"
+{reconnect}
 keepalive = "10s"
 {mqtt_extra}
 
@@ -371,6 +370,7 @@ def make_agent(
         devices: str,
         *,
         mqtt_extra: str = "",
+        reconnect: str = 'reconnect_min = "200ms"\nreconnect_max = "1s"',
         max_size: str = "64MiB",
         allow: str = '["fence.arm", "fence.disarm", "fence.fail"]',
         extra: str = "",
@@ -382,7 +382,11 @@ def make_agent(
         cfg = d / "agent.toml"
         cfg.write_text(
             BASE_CONFIG.format(
-                url=broker_url, mqtt_extra=mqtt_extra, max_size=max_size, allow=allow
+                url=broker_url,
+                reconnect=reconnect,
+                mqtt_extra=mqtt_extra,
+                max_size=max_size,
+                allow=allow,
             )
             + "\n"
             + textwrap.dedent(devices)

@@ -71,6 +71,33 @@ def test_broker_outage_every_seq_arrives_in_order(broker, subscribers, make_agen
     assert agent.terminate() == 0
 
 
+def test_broker_back_is_found_by_probe_long_before_the_backoff_ends(
+    broker, subscribers, make_agent
+):
+    # A backoff of 30-60 s after the first failed attempt: only the probe can bring the
+    # agent back within seconds.
+    sub = subscribers(broker)
+    agent = make_agent(
+        broker.url,
+        env_device(rate=50),
+        reconnect='reconnect_min = "20s"\nreconnect_max = "60s"\nreconnect_spread = "200ms"',
+    )
+    wait_for(lambda: len(sub.events("telemetry")) > 20, 20, "events before the outage")
+    broker.stop()
+    agent.wait_status(
+        lambda s: "cannot reach" in str(s["broker"]["last_error"]), 20, "a failed reconnect"
+    )
+    broker.start()
+    back = time.monotonic()
+    st = agent.wait_status(lambda s: s["broker"]["connected"], 60, "reconnect")
+    took = time.monotonic() - back
+    assert took < 15, f"reconnected {took:.1f}s after the broker came back: the backoff decided"
+    assert st["broker"]["probes_answered"] >= 1
+    upto = st["store"]["last_seq"]
+    wait_all_seqs(sub, upto, 30, agent)
+    assert agent.terminate() == 0
+
+
 def test_sigkill_mid_stream_loses_nothing_committed(broker, subscribers, make_agent):
     sub = subscribers(broker)
     agent = make_agent(broker.url, env_device(rate=500) + fence_device())

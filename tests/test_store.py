@@ -4,6 +4,7 @@ recovery of a damaged file, and replay memory."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -163,3 +164,45 @@ async def test_concurrent_commits_never_reuse_a_seq(tmp_path):
     (n, lo, hi) = con.execute("SELECT count(*), min(seq), max(seq) FROM outbox").fetchone()
     assert (n, lo, hi) == (1000, 1, 1000)
     await s.close()
+
+
+async def test_telemetry_waits_for_a_group_and_an_alarm_does_not(tmp_path):
+    s = await open_store(tmp_path / "o.db", telemetry_delay=30.0)
+    runner = asyncio.create_task(s.run())
+    try:
+        for i in range(3):
+            s.add(ev(n=i))
+        await asyncio.sleep(0.3)
+        assert s.stats.committed == 0, "three readings alone should wait for the group"
+        s.add(ev(Kind.ALARM))
+        await _until(lambda: s.stats.committed == 4, "the alarm to take the readings along")
+        assert s.stats.transactions == 1
+        for i in range(8):  # a full group does not wait for telemetry_delay
+            s.add(ev(n=i))
+        await _until(lambda: s.stats.committed == 12, "a full group to be committed")
+        assert s.stats.transactions == 2
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await s.close()
+
+
+async def test_telemetry_delay_zero_commits_each_reading_at_once(tmp_path):
+    s = await open_store(tmp_path / "o.db", telemetry_delay=0.0)
+    runner = asyncio.create_task(s.run())
+    try:
+        s.add(ev())
+        await _until(lambda: s.stats.committed == 1, "a lone reading to be committed")
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await s.close()
+
+
+async def _until(pred, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
