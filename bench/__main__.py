@@ -2,6 +2,12 @@
 
 Options after the names go to every benchmark run, e.g. `python -m bench throughput --quick`.
 A benchmark is a module of this package with `main(argv) -> int`; add it to BENCHMARKS.
+All of them take --quick; one that rejects an option (argparse exits) fails alone, the
+others still run.
+
+The last one, `peer` (the ThingsBoard IoT Gateway on the same Modbus load), takes ~20-25
+minutes and creates its own venv at bench/results/peer-venv on first use (pip, PyPI); skip
+it by naming the others: `python -m bench throughput modbus drain latency bridge`.
 
 When more than one benchmark ran, one combined table follows (bench/summary.py: the headline
 figures against the goals) and is written to results/summary.json (summary-quick.json after
@@ -53,6 +59,11 @@ BENCHMARKS: list[Benchmark] = [
         "bench.bridge",
         "firmware bridge: bytes per DATA frame, and a firmware image's time on the wire",
     ),
+    Benchmark(
+        "peer",
+        "bench.peer",
+        "vs ThingsBoard IoT Gateway 3.8.x, 100/200 Modbus devices: CPU, outage (~20-25 min)",
+    ),
 ]
 
 
@@ -63,6 +74,8 @@ def usage() -> str:
         "",
         "`python -m bench NAME --help` lists a benchmark's options.",
         "`python -m bench --summary [--quick]` prints the combined table of the latest results.",
+        "`peer` pip-installs thingsboard-gateway 3.8.x into bench/results/peer-venv on first use;",
+        "without it: `python -m bench throughput modbus drain latency bridge`.",
     ]
     return "\n".join(lines)
 
@@ -91,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {b.name} ==", flush=True)
         try:
             code = int(importlib.import_module(b.module).main(list(args)))
+        except SystemExit as e:  # argparse: an option this benchmark does not take, --help
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         except Exception:  # one failed benchmark must not lose the others
             traceback.print_exc()
             code = 1

@@ -35,6 +35,9 @@ ThingsBoard-only `getSessionLimits` RPC, without which it publishes nothing.
 
     .venv/bin/python -m bench.peer            # 100 and 200 devices, both systems (~25 min)
     .venv/bin/python -m bench.peer --quick    # 10 devices, 15 s outages (~3 min)
+
+Also the last benchmark of `python -m bench`; the result file's `figures` (see figures())
+are its rows in the combined table (bench/summary.py), one run each.
 """
 
 from __future__ import annotations
@@ -1355,6 +1358,106 @@ def table(phases: list[dict[str, Any]]) -> str:
     return "\n".join([line(*head), line(*("-" * w for w in widths)), *(line(*r) for r in body)])
 
 
+def _single(figure: str, unit: str, value: float | None, **extra: Any) -> dict[str, Any]:
+    """A figure row (the shape of bench/summary.py) for ONE measurement: median=min=max."""
+    if isinstance(value, float) and not math.isfinite(value):
+        value = None
+        extra.setdefault("note", "no values delivered in the steady window")
+    return {
+        "figure": figure,
+        "unit": unit,
+        "median": value,
+        "min": value,
+        "max": value,
+        "ceiling_median": None,
+        "reference": None,
+        "reference_kind": "",
+        "ratio": None,
+        "runs": 1,
+        **extra,
+    }
+
+
+def _steady_of(phase: dict[str, Any] | None, key: str) -> Any:
+    return ((phase or {}).get("steady") or {}).get(key)
+
+
+def _outage_of(phase: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((o for o in phase.get("outages") or [] if o.get("kind") == kind), None)
+
+
+def figures(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline rows of a peer result document, for the combined table (bench/summary.py).
+
+    Per device count N present: "N dev: <system> <figure>" for CPU per 1000 values/s, RSS
+    peak, threads, backlog delivered after the broker's return (plain outage), values lost
+    after the SIGKILL (processes B and C), duplicates after each outage. Each is ONE run
+    ("runs": 1, median = min = max). The agent's CPU row carries the peer's as `reference`
+    (reference_kind "peer") and ratio = agent / peer. A missing system, phase or outage
+    skips its rows; a backlog that did not finish within --backlog-timeout gives no value;
+    an agent phase whose processes ran different sources (agent_sources_sha256) has a note.
+    """
+    by: dict[tuple[int, str], dict[str, Any]] = {}
+    for ph in doc.get("phases") or []:
+        by.setdefault((int(ph.get("devices", 0)), str(ph.get("system"))), ph)
+    rows: list[dict[str, Any]] = []
+    mixed_code = ""  # per size, below: the agent's processes ran different sources
+
+    def add(figure: str, unit: str, value: float | None, **extra: Any) -> None:
+        if value is not None or "note" in extra:  # absent from the document: no row
+            rows.append(_single(figure, unit, value, **extra))
+            if " agent " in figure and mixed_code:
+                rows[-1].setdefault("note", mixed_code)
+
+    for n in sorted({n for n, _ in by}):
+        peer, agent = by.get((n, "peer")), by.get((n, "agent"))
+        systems = [(name, ph) for name, ph in (("agent", agent), ("peer", peer)) if ph]
+        digests = set(((agent or {}).get("totals") or {}).get("agent_sources_sha256") or [])
+        mixed_code = (
+            f"the agent's sources changed between its processes: {sorted(digests)}"
+            if len(digests) > 1
+            else ""
+        )
+        cpu_key = "cpu_per_1000_values_s"
+        for name, ph in systems:
+            value = _steady_of(ph, cpu_key)
+            extra: dict[str, Any] = {}
+            ref = _steady_of(peer, cpu_key) if name == "agent" else None
+            if isinstance(ref, int | float) and math.isfinite(ref) and ref > 0:
+                extra = {"reference": ref, "reference_kind": "peer"}
+                if isinstance(value, int | float) and math.isfinite(value):
+                    extra["ratio"] = round(value / ref, 3)
+            add(f"{n} dev: {name} CPU per 1000 values/s", "%", value, **extra)
+        for name, ph in systems:
+            add(f"{n} dev: {name} RSS peak", "MiB", _steady_of(ph, "rss_mib_peak"))
+        for name, ph in systems:
+            add(f"{n} dev: {name} threads", "", _steady_of(ph, "threads_max"))
+        for name, ph in systems:
+            o = _outage_of(ph, "outage")
+            if o is None:
+                continue
+            label = f"{n} dev: {name} backlog delivered after broker return"
+            if o.get("backlog_timed_out"):
+                note = "backlog not complete within --backlog-timeout"
+                add(label, "s", None, note=note)
+            else:
+                add(label, "s", o.get("backlog_delivered_after_s"))
+        for name, ph in systems:
+            o = _outage_of(ph, "sigkill")
+            if o is None or not o.get("lives"):
+                continue
+            lost = sum(int(life.get("values_lost", 0)) for life in o["lives"])
+            add(f"{n} dev: {name} values lost after SIGKILL", "values", lost)
+        for kind, when in (("outage", "broker outage"), ("sigkill", "SIGKILL")):
+            for name, ph in systems:
+                o = _outage_of(ph, kind)
+                if o is None:
+                    continue
+                label = f"{n} dev: {name} duplicates after {when}"
+                add(label, "values", o.get("duplicates"))
+    return rows
+
+
 # ---- main ----------------------------------------------------------------------------------
 
 
@@ -1381,7 +1484,15 @@ def parse_args(argv: list[str] | None) -> Params:
     ap.add_argument("--case-every", type=float, default=0.5, help="simulated value change, s")
     ap.add_argument("--quick", action="store_true", help="10 devices, 10 s window, 15 s outages")
     ap.add_argument("--out", type=Path, default=None, help="JSON (default results/peer.json)")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="accepted for `python -m bench --runs N`; the peer comparison is one run per size",
+    )
     a = ap.parse_args(argv)
+    if a.runs != 1:
+        print(f"peer: --runs {a.runs} ignored: one run per size", file=sys.stderr, flush=True)
     devices = [int(x) for x in str(a.devices).split(",") if x.strip()]
     systems = [x.strip() for x in str(a.systems).split(",") if x.strip()]
     if a.quick:
@@ -1437,7 +1548,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "benchmark": "peer",
         "started": started,
-        "params": {**asdict(p), "out": str(out)},
+        "params": {**asdict(p), "out": str(out), "runs": 1},
         "setup": {
             "peer_venv": str(PEER_VENV),
             "peer_requirements": PEER_REQUIREMENTS,
@@ -1449,6 +1560,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {**environment(), "pymodbus (agent)": metadata.version("pymodbus")},
         "phases": phases,
     }
+    doc["figures"] = figures(doc)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
     print(f"\nwritten: {out}")

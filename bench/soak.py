@@ -9,9 +9,9 @@ line, the Modbus RTU simulator on one end (an XY-MD02 sensor and an 8-zone DI fe
 whose zones are raised and cleared every few seconds), a checker (an MQTT client with a
 persistent session subscribed at QoS 1 to the gateway's topics) and the agent: a
 `modbus-rtu` bus on the other end of the line, a synthetic env device at a few hundred
-events/s (report-by-exception off, so every reading is an event) and a synthetic fence that
-raises and clears an alarm every second, with a small store cap (512 KiB) so that a broker
-outage fills the store and eviction happens.
+events/s (the shipped `synthetic-load` profile: every reading is an event) and a synthetic
+fence that raises and clears an alarm every second, with a small store cap (512 KiB) so
+that a broker outage fills the store and eviction happens.
 
 Then, for the asked duration, faults from a seeded random schedule, one after another:
 `broker` (mosquitto stopped for 2-8 s), `cap` (mosquitto stopped until the agent's status
@@ -74,36 +74,6 @@ BACKLOG_WINDOW = 100  # a backlog at least this large: the store may be filling
 MARGIN = 3.0  # seconds added around every window in which eviction can have happened
 
 # ---- the files the run writes -------------------------------------------------------------
-
-ENV_PROFILE = """\
-# The synthetic env sensor with report-by-exception off (heartbeat 0): every reading is an
-# event, so the event rate is the configured rate whatever the sine waves do.
-id = "soak-env"
-vendor = "campus-agent"
-model = "Synthetic environment sensor (soak)"
-category = "env"
-driver = "synthetic"
-source = "bench/soak.py (no hardware)"
-
-[defaults]
-poll_interval = "1s"
-heartbeat = 0
-
-[[points]]
-name = "temperature"
-unit = "°C"
-synthetic = { min = 19.0, max = 26.0, period = "10min" }
-
-[[points]]
-name = "humidity"
-unit = "%RH"
-synthetic = { min = 35.0, max = 60.0, period = "17min" }
-
-[[points]]
-name = "co2"
-unit = "ppm"
-synthetic = { min = 420, max = 1400, period = "45min" }
-"""
 
 # XY-MD02 input registers 1 (x0.1 degC, signed) and 2 (x0.1 %RH): four readings in turn.
 ENV_VECTOR = """\
@@ -171,7 +141,7 @@ timeout = "250ms"
 
 [[devices]]
 id = "a101-env"
-profile = "soak-env"
+profile = "synthetic-load"
 bus = "sim"
 location = {{ building = "A", floor = 1, room = "101" }}
 rate = {rate}
@@ -657,7 +627,6 @@ class Soak:
     def setup(self) -> None:
         profiles = self.dir / "profiles"
         profiles.mkdir(parents=True, exist_ok=True)
-        (profiles / "soak-env.toml").write_text(ENV_PROFILE, encoding="utf-8")
         self.agent.dir.mkdir(parents=True, exist_ok=True)
         self.agent.config.write_text(
             AGENT_CONFIG.format(

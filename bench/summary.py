@@ -16,7 +16,7 @@ import os
 import platform
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,7 @@ class Goal:
 
     benchmark: str
     figure: str  # as the benchmark names it in its `figures`
-    op: str | None = None  # "ratio>=", "<", "<=", "=="
+    op: str | None = None  # "ratio>=", "ratio<=", "<", "<=", "=="
     target: float | None = None
     text: str = ""
 
@@ -165,7 +165,29 @@ GOALS: list[Goal] = [
     Goal("modbus", "agent: RSS peak", "<", 60, "< 60 MiB"),
     Goal("modbus", "agent: CPU per 100 events/s", "<=", 5, "<= 5 %"),
     Goal("modbus", "agent: CPU (% of one core)"),
+    # bench/peer.py: one run per size, not a median of 3; the peer's rows are for comparison.
+    # "{n}": each device count of the result file (100 and 200; 10 after --quick).
+    Goal("peer", "{n} dev: agent CPU per 1000 values/s", "ratio<=", 0.2, "<= 0.2 x peer"),
+    Goal("peer", "{n} dev: peer CPU per 1000 values/s"),
+    Goal("peer", "{n} dev: agent RSS peak"),
+    Goal("peer", "{n} dev: peer RSS peak"),
+    Goal("peer", "{n} dev: agent threads"),
+    Goal("peer", "{n} dev: peer threads"),
+    Goal("peer", "{n} dev: agent backlog delivered after broker return", "<", 2, "< 2 s"),
+    Goal("peer", "{n} dev: peer backlog delivered after broker return"),
+    Goal("peer", "{n} dev: agent duplicates after broker outage", "==", 0, "0"),
+    Goal("peer", "{n} dev: peer duplicates after broker outage"),
+    Goal("peer", "{n} dev: agent values lost after SIGKILL"),
+    Goal("peer", "{n} dev: peer values lost after SIGKILL"),
+    Goal("peer", "{n} dev: agent duplicates after SIGKILL"),
+    Goal("peer", "{n} dev: peer duplicates after SIGKILL"),
 ]
+PER_SIZE = "{n}"
+DEFAULT_SIZES = {"peer": [100, 200]}  # when the result file is missing or names none
+
+# Benchmarks whose older result files have no `figures`: the module's figures(doc) derives
+# them from the file (imported only when needed).
+REFIGURE = {"peer": "bench.peer"}
 
 
 def result_file(name: str, suffix: str = "") -> Path:
@@ -175,16 +197,57 @@ def result_file(name: str, suffix: str = "") -> Path:
 def _verdict(goal: Goal, row: dict[str, Any]) -> str:
     if goal.op is None or goal.target is None:
         return ""
-    value = row.get("ratio") if goal.op == "ratio>=" else row.get("median")
+    value = row.get("ratio") if goal.op.startswith("ratio") else row.get("median")
     if value is None:
         return "?"
     ok = {
         "ratio>=": value >= goal.target,
+        "ratio<=": value <= goal.target,
         "<": value < goal.target,
         "<=": value <= goal.target,
         "==": value == goal.target,
     }[goal.op]
     return "pass" if ok else "MISS"
+
+
+def _refigure(name: str, doc: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The figures of a result file written before its benchmark wrote them, or None."""
+    import importlib
+
+    try:
+        rows = importlib.import_module(REFIGURE[name]).figures(doc)
+    except Exception:  # a file it cannot read shows as missing figures, not a crash
+        return None
+    return rows if isinstance(rows, list) else None
+
+
+def _sizes(benchmark: str, doc: dict[str, Any] | None) -> list[int]:
+    sizes = (doc or {}).get("params", {}).get("devices")
+    if isinstance(sizes, list) and sizes and all(isinstance(n, int) for n in sizes):
+        return sorted(sizes)
+    return DEFAULT_SIZES.get(benchmark, [])
+
+
+def _expand(goals: list[Goal], docs: dict[str, dict[str, Any] | None]) -> list[Goal]:
+    """Each run of consecutive "{n}" goals of a benchmark, once per device count, in order."""
+    out: list[Goal] = []
+    i = 0
+    while i < len(goals):
+        g = goals[i]
+        if PER_SIZE not in g.figure:
+            out.append(g)
+            i += 1
+            continue
+        j = i
+        while j < len(goals) and PER_SIZE in goals[j].figure and goals[j].benchmark == g.benchmark:
+            j += 1
+        out += [
+            replace(t, figure=t.figure.replace(PER_SIZE, str(n)))
+            for n in _sizes(g.benchmark, docs.get(g.benchmark))
+            for t in goals[i:j]
+        ]
+        i = j
+    return out
 
 
 def combined(suffix: str = "", since: float | None = None) -> dict[str, Any]:
@@ -206,16 +269,20 @@ def combined(suffix: str = "", since: float | None = None) -> dict[str, Any]:
                 "runs": doc.get("params", {}).get("runs"),
             }
     rows: list[dict[str, Any]] = []
-    for g in GOALS:
+    for g in _expand(GOALS, docs):
         doc = docs.get(g.benchmark)
         found = None
         if doc is not None:
             figures = doc.get("figures")
+            if figures is None and g.benchmark in REFIGURE:
+                figures = doc["figures"] = _refigure(g.benchmark, doc)
+                sources[g.benchmark]["figures_derived_by"] = REFIGURE[g.benchmark] + ".figures"
             if isinstance(figures, list):
                 found = next((r for r in figures if r.get("figure") == g.figure), None)
         row: dict[str, Any] = {"benchmark": g.benchmark, "figure": g.figure, "goal": g.text}
         if found is None:
-            row.update({"unit": "", "median": None, "verdict": "not run" if g.op else ""})
+            missing = "not run" if doc is None else "no figure"  # the file lacks this row
+            row.update({"unit": "", "median": None, "verdict": missing if g.op else ""})
             rows.append(row)
             continue
         ceiling = found.get("ceiling_median")
@@ -229,6 +296,7 @@ def combined(suffix: str = "", since: float | None = None) -> dict[str, Any]:
                 "max": found.get("max"),
                 "ceiling": ceiling,
                 "ratio": found.get("ratio"),
+                "runs": found.get("runs"),
                 "fresh": sources[g.benchmark]["this_invocation"],
             }
         )
@@ -242,11 +310,22 @@ def _num(x: float | None) -> str:
         return "-"
     if x == 0:
         return "0"
+    if isinstance(x, int):  # counts (threads, values, duplicates)
+        return f"{x:,}"
     if abs(x) >= 100:
         return f"{x:,.0f}"
     if abs(x) >= 10:
         return f"{x:.1f}"
     return f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.3f}"
+
+
+def _spread(r: dict[str, Any]) -> str:
+    """min-max of the runs; "1 run" for a single measurement (no spread to show)."""
+    if r.get("median") is None:
+        return "-"
+    if r.get("runs") == 1:
+        return "1 run"
+    return f"{_num(r.get('min'))}-{_num(r.get('max'))}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -256,7 +335,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         unit = f" [{r['unit']}]" if r.get("unit") else ""
         stale = "" if r.get("fresh", True) else "*"
-        spread = "-" if r.get("median") is None else f"{_num(r.get('min'))}-{_num(r.get('max'))}"
+        spread = _spread(r)
         body.append(
             (
                 r["benchmark"] + stale,
@@ -285,7 +364,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         unit = f" [{r['unit']}]" if r.get("unit") else ""
-        spread = "-" if r.get("median") is None else f"{_num(r.get('min'))}-{_num(r.get('max'))}"
+        spread = _spread(r)
         ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.2f}"
         verdict = r.get("verdict") or ""
         verdict = f"**{verdict}**" if verdict == "MISS" else verdict
