@@ -289,7 +289,8 @@ class Store:
                 # two), and a crash can resend at most ACK_DELAY of acknowledged events.
                 self._events_queued.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._events_queued.wait(), ACK_DELAY)
+                    async with asyncio.timeout(ACK_DELAY):  # no task per wait, as wait_for
+                        await self._events_queued.wait()
             await asyncio.sleep(self.commit_interval)
             if self._pending and not self._urgent.is_set():
                 # Telemetry alone waits (up to telemetry_delay) for a group: at 100 events/s
@@ -298,7 +299,8 @@ class Store:
                 wait = self._pending_since + self.telemetry_delay - time.monotonic()
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._urgent.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await self._urgent.wait()
             try:
                 await self.commit_now()
             except (StoreFullError, sqlite3.Error) as e:

@@ -243,8 +243,10 @@ class _ModbusDriver:
         while True:
             delay = next_due - time.monotonic()
             if delay > 0:
+                # asyncio.timeout, not wait_for: no extra task per poll (200 devices at 1 s)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(dev.wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await dev.wake.wait()
             dev.wake.clear()
             ok = await self._poll(dev, sink)
             now = time.monotonic()
