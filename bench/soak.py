@@ -57,10 +57,17 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.peers import HOST, free_port, mosquitto_binary, mosquitto_version
+from bench.peers import (
+    HOST,
+    free_port,
+    mosquitto_binary,
+    mosquitto_version,
+    read_json,
+    stop_process,
+)
+from bench.report import result_file
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
 SCHOOL = "pt-023"
 GATEWAY = "gw-soak"
 TOPIC = f"campus/v1/{SCHOOL}/{GATEWAY}/#"
@@ -183,20 +190,6 @@ def _wait(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.0
         time.sleep(every)
 
 
-def _stop_proc(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
-    """SIGTERM the process we started (by its PID), SIGKILL it if it lingers."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
 class Broker:
     """mosquitto with persistence on; stop() and start() keep its port and its state."""
 
@@ -257,7 +250,7 @@ class Broker:
             return s.connect_ex((self.host, self.port)) == 0
 
     def stop(self) -> None:
-        _stop_proc(self.proc)
+        stop_process(self.proc)
         self.proc = None
 
     def tail(self, limit: int = 1500) -> str:
@@ -306,7 +299,7 @@ class PtyPair:
         _wait(linked, timeout, "socat to create both pty links")
 
     def stop(self) -> None:
-        _stop_proc(self.proc)
+        stop_process(self.proc)
         self.proc = None
         for link in (self.a, self.b):
             link.unlink(missing_ok=True)
@@ -343,7 +336,7 @@ class Simulator:
         _wait(serving, timeout, "the Modbus simulator to open its port")
 
     def stop(self) -> None:
-        _stop_proc(self.proc)
+        stop_process(self.proc)
         self.proc = None
 
 
@@ -396,11 +389,7 @@ class Agent:
             return None
 
     def status(self) -> dict[str, Any]:
-        try:
-            doc = json.loads(self.status_path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
+        return read_json(self.status_path) or {}
 
     def live_status(self) -> dict[str, Any]:
         """The status file if the running process wrote it, else {}."""
@@ -504,6 +493,9 @@ def read_store(path: Path) -> StoreSnapshot:
             snap.rows[int(seq)] = (str(doc.get("kind")), str(doc.get("id")))
     finally:
         con.close()
+    # The store's own rule (agent/store.py, open): meta holds next_seq only as of the last
+    # transaction that deleted rows; the rows themselves hold it until then.
+    snap.next_seq = max(snap.next_seq, max(snap.rows, default=0) + 1)
     return snap
 
 
@@ -1334,7 +1326,7 @@ def run_soak(
         report = soak.run()
     finally:
         soak.close()
-    target = out or RESULTS / "soak.json"
+    target = out or result_file("soak")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(report, indent=2) + "\n")
     if verbose:
