@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 def combined_table(args: list[str], since: float | None) -> int:
     """Print the combined table and write results/summary.json; 0 (or 1 if it failed)."""
     from bench import summary
+    from bench.report import result_suffix
 
-    suffix = "-quick" if "--quick" in args else "-profiled" if "--profile" in args else ""
+    suffix = result_suffix("--quick" in args, "--profile" in args)
     try:
         out, doc = summary.write(suffix, since, argv=sys.argv[1:])
     except Exception:  # the figures are already printed and written

@@ -39,7 +39,6 @@ the ceiling), and is the same during drain and ceiling, so the ratio compares li
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -52,44 +51,30 @@ from typing import Any
 
 from agent.config import load_config
 from bench.peers import Mosquitto, ProcStat, free_port
+from bench.report import ceiling_table, num, result_file, result_suffix, timestamp, write_json
 from bench.subscriber import KIND_CODE, SubscriberProcess
 from bench.summary import SystemLoad, machine, quantile
 from bench.throughput import (
-    ENV_DEVICE,
-    ENV_PROFILE,
+    GATEWAY,
+    SCHOOL,
     WINDOW,
     AgentProcess,
     CeilingRun,
+    agent_head,
     build_payloads,
+    env_device,
     environment,
     measure_ceiling,
     write_profile,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SCHOOL, GATEWAY = "pt-023", "gw-bench"
 CEILING_GATEWAY = "gw-ceil0"  # as long as GATEWAY: the same payload bytes
 BASE = f"campus/v1/{SCHOOL}/{GATEWAY}"
 CEILING_BASE = f"campus/v1/{SCHOOL}/{CEILING_GATEWAY}"
 ALARM = KIND_CODE["alarm"]
 
-AGENT_CONFIG = """\
-profile_dirs = ["{profiles}"]
-
-[agent]
-school = "{school}"
-gateway = "{gateway}"
-drain_timeout = "3s"
-
-[mqtt]
-url = "{url}"
-protocol = "{protocol}"
-window = {window}
-{reconnect}
-[store]
-path = "outbox.db"
-max_size = "{max_size}"
-{fast}
+# After bench.throughput's AGENT_HEAD and, while filling, its env device (the fast one).
+FENCE = """
 [[buses]]
 id = "fence"
 driver = "synthetic"
@@ -100,19 +85,6 @@ profile = "synthetic-fence"
 bus = "fence"
 poll_interval = "{fence_poll:g}s"
 alarm_every = "{alarm_every:g}s"
-"""
-
-FAST = """
-[[buses]]
-id = "sim"
-driver = "synthetic"
-
-[[devices]]
-id = "{env}"
-profile = "{profile}"
-bus = "sim"
-location = {{ building = "A", floor = 1, room = "101" }}
-rate = {rate}
 """
 
 
@@ -172,21 +144,18 @@ def write_config(folder: Path, url: str, p: Params, *, fast: bool, gateway: str 
     folder.mkdir(parents=True, exist_ok=True)
     profiles = write_profile(folder / "profiles").parent
     reconnect = "" if p.reconnect_max is None else f'reconnect_max = "{p.reconnect_max:g}s"\n'
-    fast_part = FAST.format(env=ENV_DEVICE, profile=ENV_PROFILE, rate=p.rate) if fast else ""
-    cfg = folder / "agent.toml"
-    text = AGENT_CONFIG.format(
-        profiles=profiles,
-        school=SCHOOL,
-        gateway=gateway,
-        url=url,
+    text = agent_head(
+        url,
         protocol=p.protocol,
         window=p.window,
-        reconnect=reconnect,
         max_size=f"{2 + p.events * 4000 // 2**30}GiB",
-        fast=fast_part,
-        fence_poll=p.fence_poll,
-        alarm_every=p.alarm_every,
+        profiles=profiles,
+        gateway=gateway,
+        mqtt_extra=reconnect,
     )
+    text += env_device(f"rate = {p.rate}") if fast else ""
+    text += FENCE.format(fence_poll=p.fence_poll, alarm_every=p.alarm_every)
+    cfg = folder / "agent.toml"
     tmp = cfg.with_name("agent.toml.tmp")
     tmp.write_text(text)
     tmp.replace(cfg)
@@ -475,37 +444,18 @@ def figures(runs: list[DrainRun]) -> list[dict[str, Any]]:
     return rows
 
 
-def _num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
-
-
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("figure", "median", "min-max", "ceiling median", "ratio")
-    body = [
-        (
-            f"{r['figure']} [{r['unit']}]",
-            _num(r["median"]),
-            "-" if r["median"] is None else f"{_num(r['min'])}-{_num(r['max'])}",
-            _num(r["ceiling_median"]),
-            "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
-        )
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
-    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths)).format
-    return "\n".join([fmt(*head), fmt(*("-" * w for w in widths)), *(fmt(*b) for b in body)])
+    return ceiling_table(rows)
 
 
 def summary(r: DrainRun) -> str:
     c = f"ceiling {r.ceiling.acked_per_s:,.0f}/s, " if r.ceiling else ""
     return (
         f"backlog {r.backlog:,}: {c}drain {r.drain_per_s:,.0f}/s ({r.drain_source}), "
-        f"agent connected +{_num(r.reconnect_s)}s, first event +{_num(r.first_event_s)}s, "
-        f"empty +{_num(r.empty_s)}s; {r.alarms} alarms p50/p99/max {_num(r.alarm_p50_ms)}/"
-        f"{_num(r.alarm_p99_ms)}/{_num(r.alarm_max_ms)} ms; dup {r.duplicates}, "
-        f"missing {r.missing}, CPU {_num(r.cpu_percent)}%, RSS {r.rss_mib_peak:.0f} MiB"
+        f"agent connected +{num(r.reconnect_s)}s, first event +{num(r.first_event_s)}s, "
+        f"empty +{num(r.empty_s)}s; {r.alarms} alarms p50/p99/max {num(r.alarm_p50_ms)}/"
+        f"{num(r.alarm_p99_ms)}/{num(r.alarm_max_ms)} ms; dup {r.duplicates}, "
+        f"missing {r.missing}, CPU {num(r.cpu_percent)}%, RSS {r.rss_mib_peak:.0f} MiB"
         + (
             f"; machine busy {r.system.get('busy_percent')}%, iowait "
             f"{r.system.get('iowait_percent')}%"
@@ -566,8 +516,8 @@ def parse_args(argv: list[str] | None) -> Params:
 
 def main(argv: list[str] | None = None) -> int:
     p = parse_args(argv)
-    out = p.out or RESULTS / f"drain{'-quick' if p.quick else ''}.json"
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    out = p.out or result_file("drain", result_suffix(p.quick))
+    started = timestamp()
     runs: list[DrainRun] = []
     print(
         f"drain: {p.runs} run(s): {p.events:,} events stored with the broker down, then the "
@@ -616,8 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs
         ],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    write_json(out, doc)
     print(f"\nwritten: {out}")
     return 0
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import multiprocessing as mp
@@ -81,9 +80,16 @@ from agent.config import AgentSection, MqttSection, StoreSection
 from agent.events import Kind, NewEvent, Origin
 from agent.publisher import ConnectFailedError, Publisher
 from agent.store import Store
-from bench.peers import HOST, ProcStat, free_port, mosquitto_binary, mosquitto_version
+from bench.peers import (
+    HOST,
+    ProcStat,
+    free_port,
+    mosquitto_binary,
+    mosquitto_version,
+    stop_process,
+)
+from bench.report import result_file, result_suffix, timestamp, write_json
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX: str = AgentSection.model_fields["topic_prefix"].default
 STATUS_INTERVAL: float = AgentSection.model_fields["status_interval"].default
 PER_PROCESS = 75  # gateways per worker process by default
@@ -252,13 +258,7 @@ class Broker:
         """SIGTERM the broker we started (by PID); return (when signalled, when it exited)."""
         proc, self.proc = self.proc, None
         t0 = time.time()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 30)
         return t0, time.time()
 
     def log_tail(self, limit: int = 2000) -> str:
@@ -1458,8 +1458,8 @@ def parse_args(argv: list[str] | None) -> Params:
 def main(argv: list[str] | None = None) -> int:
     """Run the simulation, print the table, write results/fleet.json."""
     p = parse_args(argv)
-    out = p.out or RESULTS / ("fleet-quick.json" if p.quick else "fleet.json")
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    out = p.out or result_file("fleet", result_suffix(p.quick))
+    started = timestamp()
     mqtt_cfg = MqttSection.model_validate(
         {
             "url": "mqtt://127.0.0.1",
@@ -1489,8 +1489,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(p, raw),
         **res,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    write_json(out, doc, indent=1)
     print(f"\nwritten: {out}")
     t = res["totals"]
     return 0 if t["lost"] == 0 and t["checker_complete"] else 1

@@ -27,7 +27,6 @@ bound of, sample -> PUBACK.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -39,44 +38,32 @@ from typing import Any
 import orjson
 
 from bench.peers import Mosquitto, ProcStat
+from bench.report import (
+    figure_cells,
+    fixed_table,
+    num,
+    result_file,
+    result_suffix,
+    timestamp,
+    write_json,
+)
 from bench.subscriber import KIND_CODE, Stamps, SubscriberProcess
 from bench.summary import SystemLoad, machine, quantile
-from bench.throughput import WINDOW, AgentProcess, environment, write_profile
+from bench.throughput import (
+    GATEWAY,
+    SCHOOL,
+    WINDOW,
+    AgentProcess,
+    agent_head,
+    env_device,
+    environment,
+    write_profile,
+)
 from bench.wire import Capture, describe
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SCHOOL, GATEWAY = "pt-023", "gw-bench"
 BASE = f"campus/v1/{SCHOOL}/{GATEWAY}"
 CLIENT_ID = f"{SCHOOL}.{GATEWAY}"  # the agent's default client id
 TELEMETRY = KIND_CODE["telemetry"]
-
-AGENT_CONFIG = """\
-{profile_dirs}
-[agent]
-school = "{school}"
-gateway = "{gateway}"
-drain_timeout = "3s"
-
-[mqtt]
-url = "{url}"
-protocol = "{protocol}"
-window = {window}
-
-[store]
-path = "outbox.db"
-max_size = "256MiB"
-
-[[buses]]
-id = "sim"
-driver = "synthetic"
-
-[[devices]]
-id = "a101-env"
-profile = "synthetic-env"
-bus = "sim"
-location = {{ building = "A", floor = 1, room = "101" }}
-{device}
-"""
 
 
 class NoDelayMosquitto(Mosquitto):
@@ -154,22 +141,15 @@ def write_config(folder: Path, url: str, p: Params, *, rate: float | None, poll:
     """A config with one env device: at `rate` readings/s (every one an event), or polled."""
     folder.mkdir(parents=True, exist_ok=True)
     if rate is not None:
-        profiles = write_profile(folder / "profiles").parent
-        dirs, device = f'profile_dirs = ["{profiles}"]\n', f"rate = {rate!r}"
+        profiles: Path | None = write_profile(folder / "profiles").parent
+        device = f"rate = {rate!r}"
     else:
-        dirs, device = "", f'poll_interval = "{poll:g}s"'
-    cfg = folder / "agent.toml"
-    cfg.write_text(
-        AGENT_CONFIG.format(
-            profile_dirs=dirs,
-            school=SCHOOL,
-            gateway=GATEWAY,
-            url=url,
-            protocol=p.protocol,
-            window=p.window,
-            device=device,
-        )
+        profiles, device = None, f'poll_interval = "{poll:g}s"'
+    head = agent_head(
+        url, protocol=p.protocol, window=p.window, max_size="256MiB", profiles=profiles
     )
+    cfg = folder / "agent.toml"
+    cfg.write_text(head + env_device(device))
     return cfg
 
 
@@ -207,11 +187,7 @@ def run_steady(
         time.sleep(p.warmup)
         t0, cpu0 = time.time(), stat.cpu_seconds()
         load = SystemLoad()
-        rss = [stat.rss_mib()]
-        while time.time() - t0 < p.seconds:
-            agent.check_alive()
-            time.sleep(0.25)
-            rss.append(stat.rss_mib())
+        rss = stat.rss_while(lambda: time.time() - t0 < p.seconds, agent.check_alive)
         t1, cpu1 = time.time(), stat.cpu_seconds()
         system = load.result()
     finally:
@@ -399,26 +375,9 @@ def figures(
     return rows
 
 
-def _num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("figure", "median", "min-max", "runs")
-    body = [
-        (
-            f"{r['figure']} [{r['unit']}]",
-            _num(r["median"]),
-            "-" if r["median"] is None else f"{_num(r['min'])}-{_num(r['max'])}",
-            str(r.get("runs", 0)),
-        )
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
-    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths)).format
-    return "\n".join([fmt(*head), fmt(*("-" * w for w in widths)), *(fmt(*b) for b in body)])
+    return fixed_table(head, [(*figure_cells(r), str(r.get("runs", 0))) for r in rows])
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -479,9 +438,9 @@ def parse_args(argv: list[str] | None) -> Params:
 
 def main(argv: list[str] | None = None) -> int:
     p = parse_args(argv)
-    suffix = ("-quick" if p.quick else "") + ("-nodelay" if p.nodelay else "")
-    out = p.out or RESULTS / f"latency{suffix}.json"
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    suffix = result_suffix(p.quick) + ("-nodelay" if p.nodelay else "")
+    out = p.out or result_file("latency", suffix)
+    started = timestamp()
     no_capture = Capture.available() if p.capture else "--no-capture"
     if no_capture is not None and p.capture:
         print(f"latency: {no_capture}: no PUBACK figures", file=sys.stderr, flush=True)
@@ -513,9 +472,9 @@ def main(argv: list[str] | None = None) -> int:
                     run["steady"].append(asdict(s))
                     print(
                         f"  run {i + 1}/{p.runs} {_label(rate)}: {s.events_per_s:,.0f} events/s, "
-                        f"sample->PUBACK p50/p99 {_num(s.puback_p50_ms)}/"
-                        f"{_num(s.puback_p99_ms)} ms, ->subscriber p50/p99 "
-                        f"{_num(s.sub_p50_ms)}/{_num(s.sub_p99_ms)} ms, CPU {s.cpu_percent:.1f}%, "
+                        f"sample->PUBACK p50/p99 {num(s.puback_p50_ms)}/"
+                        f"{num(s.puback_p99_ms)} ms, ->subscriber p50/p99 "
+                        f"{num(s.sub_p50_ms)}/{num(s.sub_p99_ms)} ms, CPU {s.cpu_percent:.1f}%, "
                         f"RSS {s.rss_mib_peak:.1f} MiB; machine busy "
                         f"{(s.system or {}).get('busy_percent')}%",
                         flush=True,
@@ -558,8 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if no_capture is not None:
         doc["no_capture"] = no_capture
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    write_json(out, doc)
     print(f"\nwritten: {out}")
     return 0
 

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import math
 import os
-import signal
 import statistics
 import struct
 import subprocess
@@ -53,19 +51,29 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pymodbus.client import AsyncModbusTcpClient
 
 from agent.profiles import Profile, load_profile_file, shipped_profiles
-from bench.peers import HOST, Mosquitto, ProcStat
+from bench.peers import HOST, Mosquitto, ProcStat, cpu_seconds, read_json, stop_process
+from bench.report import (
+    RESULTS,
+    fixed_table,
+    ratio_text,
+    result_file,
+    result_suffix,
+    timestamp,
+    write_json,
+)
+from bench.summary import quantile
 from bench.throughput import (
     AgentProcess,
     _toml,
     environment,
+    profile_report,
     start_py_spy,
-    summarize_profile,
+    stop_py_spy,
 )
 from drivers.modbus.codec import BIT_TABLES, ReadBlock, Register, plan_reads
 from drivers.modbus.driver import ModbusTcpBus
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
 PROFILE_ID = "bench-modbus10"
 SCHOOL, GATEWAY, PREFIX = "pt-023", "gw-bench", "campus/v1"
 MAX_CONCURRENT: int = ModbusTcpBus.model_fields["max_concurrent"].default  # the driver's default
@@ -300,7 +308,7 @@ def coalescing_table(rows: list[dict[str, Any]]) -> str:
             "",
         )
     )
-    return _fixed(head, body, left=(0, 9))
+    return fixed_table(head, body, left=(0, 9))
 
 
 # ---- part 2: the files of a polling run ----------------------------------------------------
@@ -418,11 +426,7 @@ class Simulator:
             time.sleep(0.05)
 
     def stats(self) -> dict[str, Any]:
-        try:
-            doc = json.loads(self.stats_path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
+        return read_json(self.stats_path) or {}
 
     def requests(self) -> int:
         """Every request the server decoded so far (all units, all function codes)."""
@@ -438,13 +442,7 @@ class Simulator:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def start_simulators(folder: Path, p: Params) -> list[Simulator]:
@@ -465,10 +463,6 @@ def start_simulators(folder: Path, p: Params) -> list[Simulator]:
             s.stop()
         raise
     return sims
-
-
-def _cpu(stats: list[ProcStat]) -> float:
-    return sum(s.cpu_seconds() for s in stats)
 
 
 # ---- the ceiling ---------------------------------------------------------------------------
@@ -522,9 +516,9 @@ async def _ceiling(sims: list[Simulator], seconds: float, tasks: int) -> tuple[i
 def run_ceiling(sims: list[Simulator], p: Params) -> CeilingRun:
     sim_stats = [ProcStat(s.pid) for s in sims]
     me = ProcStat(os.getpid())
-    cpu_s0, cpu_me0, t0 = _cpu(sim_stats), me.cpu_seconds(), time.monotonic()
+    cpu_s0, cpu_me0, t0 = cpu_seconds(sim_stats), me.cpu_seconds(), time.monotonic()
     requests, errors, elapsed = asyncio.run(_ceiling(sims, p.ceiling_seconds, MAX_CONCURRENT))
-    cpu_s1, cpu_me1, t1 = _cpu(sim_stats), me.cpu_seconds(), time.monotonic()
+    cpu_s1, cpu_me1, t1 = cpu_seconds(sim_stats), me.cpu_seconds(), time.monotonic()
     return CeilingRun(
         clients=len(sims),
         tasks_per_client=MAX_CONCURRENT,
@@ -604,13 +598,6 @@ def poll_periods(payloads: list[bytes]) -> tuple[list[float], int]:
     return intervals, seen
 
 
-def _quantile(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[min(len(s) - 1, math.ceil(q * len(s)) - 1)]
-
-
 # ---- the agent -----------------------------------------------------------------------------
 
 
@@ -651,19 +638,17 @@ def run_agent(
         time.sleep(p.warmup)
         first = agent.wait_status(agent.written(), 10)
         t0 = time.monotonic()
-        cpu0, sim0, mosq0 = stat.cpu_seconds(), _cpu(sim_stats), mosq.cpu_seconds() if mosq else 0
+        cpu0, sim0 = stat.cpu_seconds(), cpu_seconds(sim_stats)
+        mosq0 = mosq.cpu_seconds() if mosq else 0
         served0 = sum(s.requests() for s in sims)
         if profile_to is not None:
             spies.append(start_py_spy(pid, p.seconds, profile_to))
             spies.append(start_py_spy(sims[0].pid, p.seconds, _sim_profile(profile_to)))
-        rss = [stat.rss_mib()]
-        while time.monotonic() - t0 < p.seconds - 0.05:
-            agent.check_alive()
-            time.sleep(0.25)
-            rss.append(stat.rss_mib())
+        rss = stat.rss_while(lambda: time.monotonic() - t0 < p.seconds - 0.05, agent.check_alive)
         last = agent.wait_status(agent.written(), 10)
         t1 = time.monotonic()
-        cpu1, sim1, mosq1 = stat.cpu_seconds(), _cpu(sim_stats), mosq.cpu_seconds() if mosq else 0
+        cpu1, sim1 = stat.cpu_seconds(), cpu_seconds(sim_stats)
+        mosq1 = mosq.cpu_seconds() if mosq else 0
         served1 = sum(s.requests() for s in sims)
         rss.append(stat.rss_mib())
         # Events stamped inside the window arrive a little later; wait one interval for them.
@@ -671,11 +656,7 @@ def run_agent(
         payloads = sub.between(t0, time.monotonic())
     finally:
         for spy in spies:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                spy.wait(p.seconds + 30)
-            if spy.poll() is None:
-                spy.kill()
-                spy.wait()
+            stop_py_spy(spy, p.seconds)
         exit_code = agent.stop()
         sub.stop()
     dt = float(last["written"]) - float(first["written"])
@@ -706,7 +687,7 @@ def run_agent(
         simulator_cpu_percent=round(100 * (sim1 - sim0) / wall, 1),
         broker_cpu_percent=round(100 * (mosq1 - mosq0) / wall, 1),
         period_median_s=_round(statistics.median(intervals) if intervals else None),
-        period_p95_s=_round(_quantile(intervals, 0.95)),
+        period_p95_s=_round(quantile(intervals, 0.95)),
         period_max_s=_round(max(intervals) if intervals else None),
         period_from_rate_s=round(p.devices / polls_per_s, 3) if polls_per_s else math.inf,
         devices_seen=seen,
@@ -875,18 +856,11 @@ def polling_table(rows: list[dict[str, Any]]) -> str:
             f"{r['reference_kind']} {_num(r['reference'], r['unit'])}"
             if r["reference"] is not None
             else "-",
-            "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+            ratio_text(r["ratio"]),
         )
         for r in rows
     ]
-    return _fixed(head, body, left=(0,))
-
-
-def _fixed(head: tuple[str, ...], body: list[tuple[str, ...]], left: tuple[int, ...]) -> str:
-    widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
-    fmt = "  ".join(f"{{:{'<' if i in left else '>'}{w}}}" for i, w in enumerate(widths)).format
-    lines = [fmt(*head), fmt(*("-" * w for w in widths)), *(fmt(*line) for line in body)]
-    return "\n".join(line.rstrip() for line in lines)
+    return fixed_table(head, body)
 
 
 def summary(c: CeilingRun, a: AgentRun) -> str:
@@ -967,10 +941,9 @@ def parse_args(argv: list[str] | None) -> Params:
 def main(argv: list[str] | None = None) -> int:
     """Print both tables and write results/modbus.json."""
     p = parse_args(argv)
-    suffix = "-quick" if p.quick else "-profiled" if p.profile else ""
-    out = p.out or RESULTS / f"modbus{suffix}.json"
+    out = p.out or result_file("modbus", result_suffix(p.quick, p.profile))
     profile_out = RESULTS / "modbus-agent.pyspy.txt"
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    started = timestamp()
 
     rows = coalescing()
     print("modbus: requests per poll of the shipped profiles (plan_reads, no I/O)\n")
@@ -1050,16 +1023,9 @@ def main(argv: list[str] | None = None) -> int:
     if p.profile and profile_out.exists():
         doc["profile"] = {}
         for who, path in (("agent", profile_out), ("simulator", _sim_profile(profile_out))):
-            if not path.exists():
-                continue
-            doc["profile"][who] = {"file": str(path), **summarize_profile(path)}
-            print(f"\npy-spy ({who}, last run): {path}")
-            for key, title in (("tasks", "by loop callback / thread"), ("own", "own time")):
-                print(f"  {title}:")
-                for frame, pct in doc["profile"][who][key][:10]:
-                    print(f"    {pct:5.1f}%  {frame}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+            if path.exists():
+                doc["profile"][who] = profile_report(who, path)
+    write_json(out, doc)
     print(f"\nwritten: {out}")
     return 0
 

@@ -70,11 +70,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from bench import modbus
-from bench.peers import HOST, Mosquitto, ProcStat
+from bench.peers import HOST, Mosquitto, ProcStat, cpu_seconds, stop_process
+from bench.report import RESULTS, result_file, result_suffix, timestamp, write_json
 from bench.throughput import AgentProcess, environment
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
 PEER_DIR = Path(__file__).resolve().parent / "peer_tb"
 LAUNCHER = PEER_DIR / "launch.py"
 PEER_VENV = RESULTS / "peer-venv"
@@ -198,13 +198,7 @@ class PersistentMosquitto(Mosquitto):
     def down(self) -> None:
         """SIGTERM the broker (it saves its sessions) and wait for it; keep its folder."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 20)
 
     def up(self) -> None:
         """Start the broker again on its port with its saved state; return when it listens."""
@@ -462,16 +456,7 @@ class Peer(System):
 
     def stop(self) -> int | None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # the gateway's own stop handler
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(proc, 30, signal.SIGINT)  # SIGINT: the gateway's own stop handler
 
     def log_tail(self, limit: int = 3000) -> str:
         try:
@@ -1154,7 +1139,7 @@ class PhaseRunner:
         served0 = sum(s.requests() for s in sims)
         t0, w0 = time.time(), time.monotonic()
         cpu0 = stat.cpu_seconds()
-        sim0 = sum(s.cpu_seconds() for s in sim_stats)
+        sim0 = cpu_seconds(sim_stats)
         mq0 = mosq.cpu_seconds() if mosq else 0.0
         rss, thr = [stat.rss_mib()], [threads(system.pid)]
         while time.monotonic() - w0 < p.seconds:
@@ -1165,7 +1150,7 @@ class PhaseRunner:
             thr.append(threads(system.pid))
         t1, w1 = time.time(), time.monotonic()
         cpu1 = stat.cpu_seconds()
-        sim1 = sum(s.cpu_seconds() for s in sim_stats)
+        sim1 = cpu_seconds(sim_stats)
         mq1 = mosq.cpu_seconds() if mosq else 0.0
         served1 = sum(s.requests() for s in sims)
         self.notes.append(
@@ -1525,8 +1510,8 @@ def parse_args(argv: list[str] | None) -> Params:
 def main(argv: list[str] | None = None) -> int:
     """Print the side-by-side table and write results/peer.json."""
     p = parse_args(argv)
-    out = p.out or RESULTS / ("peer-quick.json" if p.quick else "peer.json")
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    out = p.out or result_file("peer", result_suffix(p.quick))
+    started = timestamp()
     versions = ensure_peer_venv() if "peer" in p.systems else {}
     print(
         f"peer: {'/'.join(map(str, p.devices))} devices x {POINTS} registers every "
@@ -1561,8 +1546,7 @@ def main(argv: list[str] | None = None) -> int:
         "phases": phases,
     }
     doc["figures"] = figures(doc)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_json(out, doc, default=str)
     print(f"\nwritten: {out}")
     return 0
 

@@ -4,11 +4,14 @@
 temporary folder (persistence off, no queue or in-flight limits, so the broker measures
 nothing but forwarding and acking). It is stopped by the PID we started, never by name.
 `ProcStat` reads a process's CPU time and resident memory from /proc (Linux).
+`stop_process` stops any process we started, by its PID; `read_json` reads the JSON files
+(status, stats) the processes rewrite while they run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -16,8 +19,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 HOST = "127.0.0.1"
 
@@ -27,6 +32,34 @@ def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes] | None,
+    timeout: float = 10.0,
+    sig: signal.Signals = signal.SIGTERM,
+) -> int | None:
+    """Signal the process we started (by its PID; SIGTERM), SIGKILL it if it lingers past
+    `timeout`; its exit code (None: no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None if it is missing, half-written or not an object."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def mosquitto_binary() -> str:
@@ -139,13 +172,7 @@ class Mosquitto:
     def stop(self) -> None:
         """SIGTERM the broker we started (by its PID), SIGKILL it if it lingers."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         if self._tmp is not None:
             with contextlib.suppress(OSError):
                 self._tmp.cleanup()
@@ -186,3 +213,18 @@ class ProcStat:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+    def rss_while(self, running: Callable[[], bool], check: Callable[[], None]) -> list[float]:
+        """VmRSS (MiB) now, then every 0.25 s while `running()`; `check()`, called before each
+        sleep, raises if the process is gone."""
+        rss = [self.rss_mib()]
+        while running():
+            check()
+            time.sleep(0.25)
+            rss.append(self.rss_mib())
+        return rss
+
+
+def cpu_seconds(stats: Iterable[ProcStat]) -> float:
+    """utime + stime of several processes together, in seconds."""
+    return sum(s.cpu_seconds() for s in stats)

@@ -41,6 +41,8 @@ from typing import Any
 
 import orjson
 
+from bench.peers import read_json, stop_process
+
 KINDS = ("alarm", "access", "audit", "state", "telemetry")
 KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 OTHER_KIND = len(KINDS)
@@ -330,11 +332,7 @@ class SubscriberProcess:
             )
 
     def _json(self, name: str) -> dict[str, Any] | None:
-        try:
-            doc = json.loads((self.folder / name).read_text())
-        except (OSError, ValueError):
-            return None
-        return doc if isinstance(doc, dict) else None
+        return read_json(self.folder / name)
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         """The time of its SUBACK (wall clock), once it has one."""
@@ -374,14 +372,7 @@ class SubscriberProcess:
     def stop(self, timeout: float = 30.0) -> dict[str, Any]:
         """SIGTERM; its result (counts, duplicates, times) once it has written it."""
         proc, self.proc = self.proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
         self.result = self._json("result.json")
         if self.result is None:
             raise RuntimeError(f"subscriber wrote no result: {self.log_tail()}")

@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers import mosquitto_version
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
+from bench.report import fixed_table, ratio_text, result_file, timestamp, write_json
 
 # ---- small shared helpers ------------------------------------------------------------------
 
@@ -190,10 +188,6 @@ DEFAULT_SIZES = {"peer": [100, 200]}  # when the result file is missing or names
 REFIGURE = {"peer": "bench.peer"}
 
 
-def result_file(name: str, suffix: str = "") -> Path:
-    return RESULTS / f"{name}{suffix}.json"
-
-
 def _verdict(goal: Goal, row: dict[str, Any]) -> str:
     if goal.op is None or goal.target is None:
         return ""
@@ -343,17 +337,12 @@ def table(rows: list[dict[str, Any]]) -> str:
                 _num(r.get("median")),
                 spread,
                 _num(r.get("ceiling")),
-                "-" if r.get("ratio") is None else f"{r['ratio']:.2f}",
+                ratio_text(r.get("ratio")),
                 r.get("goal") or "",
                 r.get("verdict") or "",
             )
         )
-    widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
-    left = (0, 1, 6, 7)
-    fmt = "  ".join(f"{{:{'<' if i in left else '>'}{w}}}" for i, w in enumerate(widths)).format
-    lines = [fmt(*head).rstrip(), fmt(*("-" * w for w in widths)).rstrip()]
-    lines += [fmt(*line).rstrip() for line in body]
-    return "\n".join(lines)
+    return fixed_table(head, body, left=(0, 1, 6, 7))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -365,7 +354,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         unit = f" [{r['unit']}]" if r.get("unit") else ""
         spread = _spread(r)
-        ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.2f}"
+        ratio = ratio_text(r.get("ratio"))
         verdict = r.get("verdict") or ""
         verdict = f"**{verdict}**" if verdict == "MISS" else verdict
         cells = (
@@ -389,13 +378,12 @@ def write(
     doc = combined(suffix, since)
     doc = {
         "benchmark": "summary",
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "written": timestamp(),
         "argv": argv,
         "quick": suffix == "-quick",
         "machine": machine(),
         **doc,
     }
-    out = RESULTS / f"summary{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    out = result_file("summary", suffix)
+    write_json(out, doc)
     return out, doc

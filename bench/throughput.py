@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,31 +49,42 @@ from agent.events import Origin, encode, uuid7
 from agent.points import DevicePoints
 from agent.profiles import shipped_profiles
 from agent.sample import Sample
-from bench.peers import Mosquitto, ProcStat, mosquitto_version
+from bench.peers import Mosquitto, ProcStat, mosquitto_version, read_json, stop_process
+from bench.report import (
+    RESULTS,
+    ceiling_table,
+    result_file,
+    result_suffix,
+    timestamp,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
 WINDOW: int = MqttSection.model_fields["window"].default  # the agent's default window
+SCHOOL, GATEWAY = "pt-023", "gw-bench"
 ENV_DEVICE = "a101-env"
 ENV_PROFILE = "synthetic-env"
 
-AGENT_CONFIG = """\
-profile_dirs = ["{profiles}"]
-
+# The agent's config in throughput, drain and latency: this head, the env device on its
+# synthetic bus (ENV_DEVICE_TOML), then each benchmark's own devices.
+AGENT_HEAD = """\
+{profile_dirs}
 [agent]
-school = "pt-023"
-gateway = "gw-bench"
+school = "{school}"
+gateway = "{gateway}"
 drain_timeout = "3s"
 
 [mqtt]
 url = "{url}"
 protocol = "{protocol}"
 window = {window}
-
+{mqtt_extra}
 [store]
 path = "outbox.db"
-max_size = "2GiB"
+max_size = "{max_size}"
+"""
 
+ENV_DEVICE_TOML = """
 [[buses]]
 id = "sim"
 driver = "synthetic"
@@ -84,8 +94,10 @@ id = "{env}"
 profile = "{profile}"
 bus = "sim"
 location = {{ building = "A", floor = 1, room = "101" }}
-rate = {rate}
+{setting}
+"""
 
+FENCE_TOML = """
 [[devices]]
 id = "north-fence"
 profile = "synthetic-fence"
@@ -191,22 +203,42 @@ def write_profile(folder: Path) -> Path:
     return path
 
 
+def agent_head(
+    url: str,
+    *,
+    protocol: str,
+    window: int,
+    max_size: str,
+    profiles: Path | None,
+    gateway: str = GATEWAY,
+    mqtt_extra: str = "",
+) -> str:
+    """AGENT_HEAD: `profiles`, the profile folder (None: the shipped profiles only);
+    `mqtt_extra`, more lines of [mqtt]."""
+    return AGENT_HEAD.format(
+        profile_dirs="" if profiles is None else f'profile_dirs = ["{profiles}"]\n',
+        school=SCHOOL,
+        gateway=gateway,
+        url=url,
+        protocol=protocol,
+        window=window,
+        mqtt_extra=mqtt_extra,
+        max_size=max_size,
+    )
+
+
+def env_device(setting: str) -> str:
+    """ENV_DEVICE_TOML: the env device on bus `sim`; `setting`: its `rate` or `poll_interval`."""
+    return ENV_DEVICE_TOML.format(env=ENV_DEVICE, profile=ENV_PROFILE, setting=setting)
+
+
 def write_config(folder: Path, url: str, p: Params) -> Path:
     """The agent's config for one run (its store and its profile folder live beside it)."""
     folder.mkdir(parents=True, exist_ok=True)
     profiles = write_profile(folder / "profiles").parent
+    head = agent_head(url, protocol=p.protocol, window=p.window, max_size="2GiB", profiles=profiles)
     cfg = folder / "agent.toml"
-    cfg.write_text(
-        AGENT_CONFIG.format(
-            profiles=profiles,
-            url=url,
-            protocol=p.protocol,
-            window=p.window,
-            env=ENV_DEVICE,
-            profile=ENV_PROFILE,
-            rate=p.rate,
-        )
-    )
+    cfg.write_text(head + env_device(f"rate = {p.rate}") + FENCE_TOML)
     return cfg
 
 
@@ -409,11 +441,7 @@ class AgentProcess:
             return ""
 
     def status(self) -> dict[str, Any] | None:
-        try:
-            doc = json.loads(self.status_file.read_bytes())
-        except (OSError, ValueError):
-            return None
-        return doc if isinstance(doc, dict) else None
+        return read_json(self.status_file)
 
     def check_alive(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -440,16 +468,7 @@ class AgentProcess:
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (the agent drains and exits 0); SIGKILL if it lingers."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(proc, timeout)
 
 
 def run_agent(
@@ -475,21 +494,13 @@ def run_agent(
         cpu0, t0 = stat.cpu_seconds(), time.monotonic()
         if profile_to is not None:
             spy = start_py_spy(pid, p.seconds, profile_to)
-        rss = [stat.rss_mib()]
-        while time.monotonic() - t0 < p.seconds - 0.05:
-            agent.check_alive()
-            time.sleep(0.25)
-            rss.append(stat.rss_mib())
+        rss = stat.rss_while(lambda: time.monotonic() - t0 < p.seconds - 0.05, agent.check_alive)
         last = agent.wait_status(agent.written(), 10)
         cpu1, t1 = stat.cpu_seconds(), time.monotonic()
         rss.append(stat.rss_mib())
     finally:
         if spy is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                spy.wait(p.seconds + 30)
-            if spy.poll() is None:
-                spy.kill()
-                spy.wait()
+            stop_py_spy(spy, p.seconds)
         exit_code = agent.stop()
     dt = float(last["written"]) - float(first["written"])
     acked = last["broker"]["acked"] - first["broker"]["acked"]
@@ -537,6 +548,15 @@ def start_py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]
     )
 
 
+def stop_py_spy(spy: subprocess.Popen[bytes], seconds: float) -> None:
+    """Let py-spy finish its `seconds` of recording and write its file (SIGKILL if stuck)."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        spy.wait(seconds + 30)
+    if spy.poll() is None:
+        spy.kill()
+        spy.wait()
+
+
 def _function(frame: str) -> str:
     """'encode (agent/events.py:120)' -> 'encode (agent/events.py)': lines of a function merged."""
     name, sep, where = frame.rpartition(" (")
@@ -581,6 +601,17 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, list[tuple[str, fl
         return [(f, round(100 * n / total, 1)) for f, n in c.most_common(top)]
 
     return {"own": pct(own), "inclusive": pct(incl), "tasks": pct(tasks)}
+
+
+def profile_report(who: str, path: Path) -> dict[str, Any]:
+    """The file and its summarize_profile(), for the result file; prints its top 10."""
+    summary = {"file": str(path), **summarize_profile(path)}
+    print(f"\npy-spy ({who}, last run): {path}")
+    for key, title in (("tasks", "by loop callback / thread"), ("own", "own time")):
+        print(f"  {title}:")
+        for frame, pct in summary[key][:10]:
+            print(f"    {pct:5.1f}%  {frame}")
+    return summary
 
 
 # ---- the report --------------------------------------------------------------------------
@@ -640,22 +671,7 @@ def _num(x: float | None) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The rows as a fixed-width text table."""
-    head = ("figure", "median", "min-max", "ceiling median", "ratio")
-    body = [
-        (
-            f"{r['figure']} [{r['unit']}]",
-            _num(r["median"]),
-            f"{_num(r['min'])}-{_num(r['max'])}",
-            _num(r["ceiling_median"]),
-            "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
-        )
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
-    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths)).format
-    lines = [fmt(*head), fmt(*("-" * w for w in widths))]
-    lines += [fmt(*line) for line in body]
-    return "\n".join(lines)
+    return ceiling_table(rows, _num)
 
 
 def environment() -> dict[str, Any]:
@@ -730,11 +746,9 @@ def parse_args(argv: list[str] | None) -> Params:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write results/throughput.json."""
     p = parse_args(argv)
-    # A smoke run or a profiled run must not overwrite the figures we quote.
-    suffix = "-quick" if p.quick else "-profiled" if p.profile else ""
-    out = p.out or RESULTS / f"throughput{suffix}.json"
+    out = p.out or result_file("throughput", result_suffix(p.quick, p.profile))
     profile_out = RESULTS / "throughput-agent.pyspy.txt"
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    started = timestamp()
     ceilings: list[CeilingRun] = []
     agents: list[AgentRun] = []
     runs: list[dict[str, Any]] = []
@@ -795,14 +809,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     if p.profile and profile_out.exists():
-        doc["profile"] = {"file": str(profile_out), **summarize_profile(profile_out)}
-        print(f"\npy-spy (agent, last run): {profile_out}")
-        for key, title in (("tasks", "by loop callback / thread"), ("own", "own time")):
-            print(f"  {title}:")
-            for frame, pct in doc["profile"][key][:10]:
-                print(f"    {pct:5.1f}%  {frame}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        doc["profile"] = profile_report("agent", profile_out)
+    write_json(out, doc)
     print(f"\nwritten: {out}")
     return 0
 
