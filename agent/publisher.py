@@ -111,16 +111,11 @@ class Publisher:
         while not self._stopping:
             try:
                 await self._connect()
-            except UnreachableError as e:
-                self._note_error(str(e))
-                attempt += 1
-                await self._pause(self._backoff(attempt), probe=True)
-                continue
             except ConnectFailedError as e:
-                # The broker answered and refused (TLS, credentials): only the backoff.
                 self._note_error(str(e))
                 attempt += 1
-                await asyncio.sleep(self._backoff(attempt))
+                # A broker that answered and refused (TLS, credentials) gets only the backoff.
+                await self._pause(self._backoff(attempt), probe=isinstance(e, UnreachableError))
                 continue
             began = time.monotonic()
             try:
@@ -132,10 +127,7 @@ class Publisher:
             attempt = attempt + 1 if time.monotonic() - began < 10 else 1
             if not self._stopping:
                 self._note_error("connection to the broker lost")
-                if attempt == 1:
-                    await asyncio.sleep(self._spread())
-                else:
-                    await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(self._spread() if attempt == 1 else self._backoff(attempt))
 
     async def _pause(self, delay: float, *, probe: bool) -> None:
         """Wait `delay` before the next attempt, or less once the broker listens again.

@@ -56,6 +56,9 @@ MAX_BATCH = 2_000  # events per transaction: bounds how long one commit holds th
 HIGH_WATER = 20_000  # a producer waits for a commit above this many queued events
 ACK_DELAY = 0.25  # acknowledged events alone wait this long to be deleted (with new inserts)
 GROUP = 8  # telemetry committed without waiting longer once this many events are queued
+# The next seq survives in the rows themselves (max(seq) + 1 at start-up) until rows are
+# deleted: every transaction that deletes rows writes it down.
+SET_NEXT_SEQ = "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)"
 
 
 @dataclass
@@ -351,11 +354,7 @@ class Store:
                 )
             deleted = 0
             if acks:
-                # The next seq survives in the rows themselves (max(seq) + 1 at start-up)
-                # until rows are deleted: only then is it written down.
-                await db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)", (seq,)
-                )
+                await db.execute(SET_NEXT_SEQ, (seq,))
                 for i in range(0, len(acks), 500):
                     chunk = acks[i : i + 500]
                     cur = await db.execute(
@@ -531,10 +530,7 @@ class Store:
         done: dict[str, int] = {}
         await db.execute("BEGIN IMMEDIATE")
         try:
-            await db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)",
-                (self._next_seq,),
-            )
+            await db.execute(SET_NEXT_SEQ, (self._next_seq,))
             for prio in EVICT_ORDER:
                 if want <= 0:
                     break
