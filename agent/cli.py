@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import ssl
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from agent.config import (
     load_config,
     profile_driver_class,
 )
+from agent.contract import COMMAND_REPLY, STATUS, TOPIC_ROOT, Kind, Origin, body_of, topic_level
 from agent.errors import ConfigError
 from agent.profiles import Profile, load_profile_file, shipped_profiles
 
@@ -158,7 +158,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def describe(topic: str, payload: bytes) -> str:
+def describe(topic: str, payload: bytes, prefix: str = TOPIC_ROOT) -> str:
     """One readable line for an event or status message, as the district sees it."""
     try:
         doc = orjson.loads(payload)
@@ -167,7 +167,8 @@ def describe(topic: str, payload: bytes) -> str:
     if not isinstance(doc, dict):
         return f"{topic} {payload[:80]!r}"
     parts = topic.split("/")
-    if topic.endswith("/status"):
+    level = topic_level(topic, prefix)
+    if level == STATUS:
         if doc.get("state") != "online":
             return f"status    {doc.get('state')}"
         return f"status    online backlog={doc.get('backlog')} rate={doc.get('publish_rate')}/s"
@@ -185,55 +186,38 @@ def describe(topic: str, payload: bytes) -> str:
             f"{head} {doc.get('alarm')} {str(doc.get('state')).upper()} {doc.get('severity')}{zone}"
         )
     if kind == "state":
-        rest = {k: v for k, v in doc.items() if k not in _ENVELOPE}
-        return f"{head} " + " ".join(f"{k}={v}" for k, v in rest.items())
+        return f"{head} " + " ".join(f"{k}={v}" for k, v in body_of(doc).items())
     if kind == "audit":
         c = doc.get("command", {})
         return f"{head} command {c.get('action')} -> {c.get('result')} ({c.get('reason')})"
-    if "cmd-reply" in parts:
+    if level == COMMAND_REPLY:
         return (
             f"reply     {parts[-1]:24} id={doc.get('id')} {doc.get('result')}: {doc.get('reason')}"
         )
     return f"{head} {payload[:120]!r}"
 
 
-_ENVELOPE = {
-    "v",
-    "id",
-    "seq",
-    "ts",
-    "school",
-    "gateway",
-    "device",
-    "category",
-    "profile",
-    "kind",
-    "location",
-    "clock",
-}
+def _origin(config: SiteConfig) -> Origin:
+    return Origin(config.agent.topic_prefix, config.agent.school, config.agent.gateway)
+
+
+def _client_for(config: SiteConfig, role: str) -> Any:
+    """A paho client with the site's broker settings (TLS, credentials), not connected."""
+    from agent.mqtt_client import make_client
+
+    client_id = f"{config.agent.school}.{config.agent.gateway}.{role}-{os.getpid()}"
+    return make_client(config.mqtt, client_id, config.password())
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
 
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
     m = config.mqtt
-    base = f"{config.agent.topic_prefix}/{config.agent.school}/{config.agent.gateway}"
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"{config.agent.school}.{config.agent.gateway}.tail-{os.getpid()}",
-        protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311,
-    )
-    if m.username:
-        client.username_pw_set(m.username, config.password())
-    if m.address.tls:
-        ctx = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
-        if m.cert_file and m.key_file:
-            ctx.load_cert_chain(str(m.cert_file), str(m.key_file))
-        client.tls_set_context(ctx)
+    origin = _origin(config)
+    client = _client_for(config, "tail")
     seen = 0
     refused: list[str] = []
 
@@ -243,17 +227,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
             refused.append(str(rc))
             c.disconnect()
             return
-        c.subscribe(f"{base}/#", qos=1)
-        print(f"tail: listening on {base}/# at {m.url}", file=sys.stderr, flush=True)
+        c.subscribe(origin.everything, qos=1)
+        print(f"tail: listening on {origin.everything} at {m.url}", file=sys.stderr, flush=True)
 
     def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
         nonlocal seen
-        if args.kind and f"/{args.kind}/" not in msg.topic:
+        if args.kind and topic_level(msg.topic, origin.prefix) != args.kind:
             return
         if args.raw:
             print(msg.topic, msg.payload.decode(errors="replace"), flush=True)
         else:
-            print(describe(msg.topic, bytes(msg.payload)), flush=True)
+            print(describe(msg.topic, bytes(msg.payload), origin.prefix), flush=True)
         seen += 1
         if args.count and seen >= args.count:
             c.disconnect()
@@ -324,7 +308,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     )
     print("points:")
     for p in profile.points:
-        where = " ".join(f"{k}={v}" for k, v in (p.reg or p.synthetic or {}).items())
+        where = " ".join(f"{k}={v}" for k, v in (p.wire or {}).items())
         scale = f" x{p.scale:g}" if p.scale != 1 else ""
         extra = f" {p.severity} zone={p.zone}" if p.kind == "alarm" else ""
         print(f"  {p.name:20} {p.kind:9} {p.unit or '':6}{scale}{extra}  [{where}]")
@@ -333,27 +317,6 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         for a in profile.actions:
             print(f"  {a.name:20} {a.description}")
     return 0
-
-
-def _client_for(config: SiteConfig, role: str) -> Any:
-    """A paho client with the site's broker settings (TLS, credentials), not connected."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    m = config.mqtt
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"{config.agent.school}.{config.agent.gateway}.{role}-{os.getpid()}",
-        protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311,
-    )
-    if m.username:
-        client.username_pw_set(m.username, config.password())
-    if m.address.tls:
-        ctx = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
-        if m.cert_file and m.key_file:
-            ctx.load_cert_chain(str(m.cert_file), str(m.key_file))
-        client.tls_set_context(ctx)
-    return client
 
 
 def cmd_firmware(args: argparse.Namespace) -> int:
@@ -369,7 +332,7 @@ def cmd_firmware(args: argparse.Namespace) -> int:
     if device is None or device.profile.action("firmware_update") is None:
         print(f"{args.device!r} is not a device with a firmware_update action", file=sys.stderr)
         return EXIT_CONFIG
-    base = f"{config.agent.topic_prefix}/{config.agent.school}/{config.agent.gateway}"
+    origin = _origin(config)
     cid = f"cli-fw-{uuid.uuid4().hex[:12]}"
     fw_args: dict[str, str] = {"file": args.file}
     if args.version:
@@ -389,15 +352,20 @@ def cmd_firmware(args: argparse.Namespace) -> int:
             outcome.append(1)
             c.disconnect()
             return
-        c.subscribe([(f"{base}/cmd-reply/{args.device}", 1), (f"{base}/state/+/{args.device}", 1)])
-        c.publish(f"{base}/cmd/{args.device}", orjson.dumps(request), qos=1)
+        c.subscribe(
+            [
+                (origin.reply_topic(args.device), 1),
+                (origin.kind_filter(Kind.STATE, args.device), 1),
+            ]
+        )
+        c.publish(origin.command_topic(args.device), orjson.dumps(request), qos=1)
 
     def on_message(c: Any, u: Any, msg: Any) -> None:
         try:
             doc = orjson.loads(msg.payload)
         except orjson.JSONDecodeError:
             return
-        if "/cmd-reply/" in msg.topic and doc.get("id") == cid:
+        if msg.topic == origin.reply_topic(args.device) and doc.get("id") == cid:
             if doc.get("result") != "ok":
                 print(f"refused: {doc.get('code')}: {doc.get('reason')}", file=sys.stderr)
                 outcome.append(1)

@@ -3,7 +3,8 @@
 Only actions that the device's profile declares AND the site's allowlist names are carried
 out; expired and replayed requests are refused (replays are remembered in the store, so
 across restarts). Every outcome gets a reply with a reason, a counter, and an audit event.
-This module never talks to a device itself: it calls the driver's `act`.
+This module never talks to a device itself (it calls the driver's `act`) and never speaks
+MQTT: it hands the publisher a plain reply (topic, payload, correlation data).
 """
 
 from __future__ import annotations
@@ -13,19 +14,27 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from agent.config import SiteConfig
+from agent.contract import (
+    UNKNOWN_DEVICE,
+    Code,
+    CommandOutcome,
+    Kind,
+    NewEvent,
+    Origin,
+    Result,
+    device_of,
+    reply_document,
+)
 from agent.errors import ActionError
-from agent.events import Kind, NewEvent, rfc3339
 from agent.profiles import Action
 from agent.sample import BoundDevice, Value
+from agent.validation import first_error
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +56,16 @@ class CommandRequest(BaseModel):
 class Rejected(Exception):  # noqa: N818 - a control-flow outcome, not an error condition
     """A command refused for a reason the district is told."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: Code, detail: str) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
 
 
-@dataclass
-class Outcome:
-    result: str  # ok | rejected | failed
-    code: str
-    detail: str
-    data: Mapping[str, Value] | None = None
-
-
 ActFn = Callable[[BoundDevice, str, Mapping[str, Any]], Awaitable[Mapping[str, Value]]]
 Remember = Callable[[str, float], Awaitable[bool]]
+# Publish a reply: topic, payload, MQTT 5 correlation data (or None); False when offline.
+ReplyFn = Callable[[str, bytes, bytes | None], bool]
 
 
 def check_args(action: Action, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,7 +73,7 @@ def check_args(action: Action, args: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in args:
         if name not in action.args:
-            raise Rejected("bad_args", f"unknown argument {name!r} for action {action.name!r}")
+            raise Rejected(Code.BAD_ARGS, f"unknown argument {name!r} for action {action.name!r}")
     types: dict[str, tuple[type, ...]] = {
         "bool": (bool,),
         "int": (int,),
@@ -80,16 +83,16 @@ def check_args(action: Action, args: Mapping[str, Any]) -> dict[str, Any]:
     for name, spec in action.args.items():
         if name not in args:
             if spec.required:
-                raise Rejected("bad_args", f"missing argument {name!r}")
+                raise Rejected(Code.BAD_ARGS, f"missing argument {name!r}")
             continue
         value = args[name]
         ok = isinstance(value, types[spec.type]) and not (
             spec.type in ("int", "float") and isinstance(value, bool)
         )
         if not ok:
-            raise Rejected("bad_args", f"argument {name!r} must be {spec.type}")
+            raise Rejected(Code.BAD_ARGS, f"argument {name!r} must be {spec.type}")
         if isinstance(value, str) and len(value) > spec.max_length:
-            raise Rejected("bad_args", f"argument {name!r} longer than {spec.max_length}")
+            raise Rejected(Code.BAD_ARGS, f"argument {name!r} longer than {spec.max_length}")
         out[name] = value
     return out
 
@@ -103,7 +106,7 @@ class CommandRouter:
         *,
         act: ActFn,
         remember: Remember,
-        reply: Callable[[str, bytes, Properties | None], bool],
+        reply: ReplyFn,
         record: Callable[[NewEvent], None],
     ) -> None:
         self.config = config
@@ -115,7 +118,7 @@ class CommandRouter:
         self.rejected: Counter[str] = Counter()
         self.failed = 0
         self._locks: dict[str, asyncio.Lock] = {}
-        self._base = f"{config.agent.topic_prefix}/{config.agent.school}/{config.agent.gateway}"
+        self._origin = Origin(config.agent.topic_prefix, config.agent.school, config.agent.gateway)
 
     def reconfigure(self, config: SiteConfig) -> None:
         """Use a reloaded config (devices and allowlist) from now on."""
@@ -124,9 +127,15 @@ class CommandRouter:
     def status(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "failed": self.failed, "rejected": dict(self.rejected)}
 
-    async def handle(self, topic: str, payload: bytes, props: Properties | None) -> None:
-        """Process one message from the command topic."""
-        device_id = topic.rsplit("/", 1)[-1]
+    async def handle(
+        self,
+        topic: str,
+        payload: bytes,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> None:
+        """Process one message from the command topic (and its MQTT 5 response topic)."""
+        device_id = device_of(topic)
         req: CommandRequest | None = None
         device: BoundDevice | None = None
         try:
@@ -134,13 +143,13 @@ class CommandRouter:
             device = self.config.device(device_id)
             outcome = await self._authorize_and_run(req, device, device_id)
         except Rejected as r:
-            outcome = Outcome("rejected", r.code, r.detail)
-        if outcome.result == "ok":
+            outcome = CommandOutcome(r.code, r.detail)
+        if outcome.result is Result.OK:
             self.accepted += 1
-        elif outcome.result == "failed":
+        elif outcome.result is Result.FAILED:
             self.failed += 1
         else:
-            self.rejected[outcome.code] += 1
+            self.rejected[str(outcome.code)] += 1
         log.info(
             "command %s: device=%r action=%r id=%r code=%s",
             outcome.result,
@@ -149,34 +158,32 @@ class CommandRouter:
             req.id if req else None,
             outcome.code,
         )
-        self._send_reply(device_id, req, outcome, props)
+        self._send_reply(device_id, req, outcome, response_topic, correlation)
         self._audit(device, device_id, req, outcome)
 
     def _parse(self, payload: bytes) -> CommandRequest:
         if len(payload) > MAX_PAYLOAD:
-            raise Rejected("too_large", f"command larger than {MAX_PAYLOAD} bytes")
+            raise Rejected(Code.TOO_LARGE, f"command larger than {MAX_PAYLOAD} bytes")
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise Rejected("malformed", "payload is not JSON") from None
+            raise Rejected(Code.MALFORMED, "payload is not JSON") from None
         if not isinstance(doc, dict):
-            raise Rejected("malformed", "payload must be a JSON object")
+            raise Rejected(Code.MALFORMED, "payload must be a JSON object")
         try:
             return CommandRequest.model_validate(doc)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in first["loc"])
-            raise Rejected("invalid", f"{where}: {first['msg']}") from None
+            raise Rejected(Code.INVALID, first_error(e)) from None
 
     async def _authorize_and_run(
         self, req: CommandRequest, device: BoundDevice | None, device_id: str
-    ) -> Outcome:
+    ) -> CommandOutcome:
         if device is None:
-            raise Rejected("unknown_device", f"no device {device_id!r} on this gateway")
+            raise Rejected(Code.UNKNOWN_DEVICE, f"no device {device_id!r} on this gateway")
         action = device.profile.action(req.action)
         if action is None:
             raise Rejected(
-                "unsupported",
+                Code.UNSUPPORTED,
                 f"profile {device.profile.id!r} declares no action {req.action!r}",
             )
         allow = self.config.commands.allow
@@ -184,75 +191,60 @@ class CommandRouter:
             f"{device.profile.category}.{req.action}" not in allow
             and f"{device.id}.{req.action}" not in allow
         ):
-            raise Rejected("not_allowed", f"action {req.action!r} is not allowlisted on this site")
+            raise Rejected(
+                Code.NOT_ALLOWED, f"action {req.action!r} is not allowlisted on this site"
+            )
         args = check_args(action, req.args)
         now = time.time()
         issued = req.ts.timestamp()
         max_age = self.config.commands.max_age
         skew = self.config.commands.clock_skew
         if issued > now + skew:
-            raise Rejected("from_future", "command timestamp is in the future")
+            raise Rejected(Code.FROM_FUTURE, "command timestamp is in the future")
         if req.expires is not None and req.expires.timestamp() < now:
-            raise Rejected("expired", "command expired before it arrived")
+            raise Rejected(Code.EXPIRED, "command expired before it arrived")
         if now - issued > max_age:
-            raise Rejected("expired", f"command older than {max_age:g}s")
+            raise Rejected(Code.EXPIRED, f"command older than {max_age:g}s")
         keep_until = max(issued + max_age + skew, req.expires.timestamp() if req.expires else 0)
         if not await self._remember(req.id, keep_until):
-            raise Rejected("replayed", f"command id {req.id!r} was already received")
+            raise Rejected(Code.REPLAYED, f"command id {req.id!r} was already received")
         lock = self._locks.setdefault(device.id, asyncio.Lock())
         try:
             async with lock:  # one action at a time per device
                 data = await asyncio.wait_for(self._act(device, req.action, args), ACTION_TIMEOUT)
         except ActionError as e:
-            return Outcome("failed", "action_failed", str(e))
+            return CommandOutcome(Code.ACTION_FAILED, str(e))
         except TimeoutError:
-            return Outcome("failed", "timeout", f"device did not complete in {ACTION_TIMEOUT:g}s")
-        return Outcome("ok", "ok", "done", data)
+            return CommandOutcome(Code.TIMEOUT, f"device did not complete in {ACTION_TIMEOUT:g}s")
+        return CommandOutcome(Code.OK, "done", data)
 
     def _send_reply(
         self,
         device_id: str,
         req: CommandRequest | None,
-        outcome: Outcome,
-        props: Properties | None,
+        outcome: CommandOutcome,
+        response_topic: str | None,
+        correlation: bytes | None,
     ) -> None:
-        doc: dict[str, Any] = {
-            "v": 1,
-            "id": req.id if req else None,
-            "device": device_id if self.config.device(device_id) else device_id[:64],
-            "action": req.action if req else None,
-            "result": outcome.result,
-            "code": outcome.code,
-            "reason": outcome.detail,
-            "ts": rfc3339(time.time()),
-        }
-        if outcome.data:
-            doc["data"] = dict(outcome.data)
-        body = orjson.dumps(doc)
-        safe_device = device_id if self.config.device(device_id) else "_unknown"
-        self._reply(f"{self._base}/cmd-reply/{safe_device}", body, None)
-        response_topic = getattr(props, "ResponseTopic", None) if props else None
+        known = self.config.device(device_id) is not None
+        body = reply_document(
+            outcome,
+            req.id if req else None,
+            device_id if known else device_id[:64],
+            req.action if req else None,
+        )
+        self._reply(self._origin.reply_topic(device_id if known else UNKNOWN_DEVICE), body, None)
         if response_topic:
-            out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            corr = getattr(props, "CorrelationData", None)
-            if corr:
-                out.CorrelationData = corr
-            self._reply(str(response_topic), body, out)
+            self._reply(response_topic, body, correlation or None)
 
     def _audit(
         self,
         device: BoundDevice | None,
         device_id: str,
         req: CommandRequest | None,
-        outcome: Outcome,
+        outcome: CommandOutcome,
     ) -> None:
-        command: dict[str, Any] = {
-            "id": req.id if req else None,
-            "action": req.action if req else None,
-            "result": outcome.result,
-            "code": outcome.code,
-            "reason": outcome.detail,
-        }
+        command = outcome.record(req.id if req else None, req.action if req else None)
         if device is None:
             command["requested_device"] = device_id[:64]
         self._record(

@@ -11,12 +11,14 @@ import ssl
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent import registry
+from agent.contract import TOPIC_ROOT
+from agent.driver import Driver
 from agent.errors import ConfigError, Problem, ProfileError
 from agent.profiles import (
     ID_PATTERN,
@@ -27,11 +29,9 @@ from agent.profiles import (
     shipped_profiles,
 )
 from agent.sample import BoundDevice, BusSpec
-from agent.units import parse_duration, parse_size
+from agent.units import Duration, Size
 
 DEFAULT_PATH = Path("/etc/campus-agent/agent.toml")
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
 TOPIC_SAFE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -42,7 +42,7 @@ class _Strict(BaseModel):
 class AgentSection(_Strict):
     school: str = Field(pattern=TOPIC_SAFE)
     gateway: str = Field(pattern=TOPIC_SAFE)
-    topic_prefix: str = "campus/v1"
+    topic_prefix: str = TOPIC_ROOT
     status_interval: Duration = 30.0
     # Where `campus-agent status` reads the local status; default: beside the store. Put it
     # on another file system (/run/campus-agent/status.json) so a full disk cannot hide it.
@@ -338,19 +338,14 @@ def _extras(model: BaseModel) -> dict[str, Any]:
     return dict(model.model_extra or {})
 
 
-def driver_profile_problems(cls: Any, profile: Profile) -> list[tuple[str, str]]:
-    """(field, message) pairs from the driver's own check of a profile, if it has one."""
-    check = getattr(cls, "check_profile", None)
-    return list(check(profile)) if check is not None else []
+def driver_profile_problems(cls: type[Driver], profile: Profile) -> list[tuple[str, str]]:
+    """(field, message) pairs from the driver's own check of a profile."""
+    return list(cls.check_profile(profile))
 
 
-def profile_driver_class(profile: Profile) -> Any:
+def profile_driver_class(profile: Profile) -> type[Driver] | None:
     """A registered driver class that reads this profile's `driver`, or None."""
-    for key in registry.driver_keys():
-        cls = registry.driver_class(key)
-        if cls is not None and cls.profile_driver == profile.driver:
-            return cls
-    return None
+    return registry.profile_driver_class(profile.driver)
 
 
 def _known_actions(devices: list[BoundDevice], dirs: list[Path]) -> set[str]:
@@ -393,7 +388,7 @@ def load_config(path: Path | str) -> SiteConfig:
     dirs = [_resolve_path(base, d) for d in site.profile_dirs]
 
     buses: list[BusSpec] = []
-    bus_drivers: dict[str, Any] = {}
+    bus_drivers: dict[str, type[Driver] | None] = {}
     for i, b in enumerate(site.buses):
         entry = f"buses[{i}]"
         if b.id in bus_drivers:
@@ -454,8 +449,7 @@ def load_config(path: Path | str) -> SiteConfig:
             location=dict(d.location),
             options=opts,
         )
-        check_device = getattr(cls, "check_device", None)
-        device_problems = check_device(bound) if check_device is not None else []
+        device_problems = cls.check_device(bound)
         for f, m in device_problems:
             c.add(f"{entry}.{f}", m)
         if not device_problems:

@@ -1,7 +1,8 @@
 """The agent's small family of typed errors.
 
 Each error carries the facts a facilities engineer needs to act (file, entry, fix). They are
-raised where the failure happens and caught once, at the supervisor or the CLI.
+raised where the failure happens and caught once, at the supervisor or the CLI. Every class
+here is raised somewhere; the firmware bridge adds its own under firmware_bridge/errors.py.
 """
 
 from __future__ import annotations
@@ -44,13 +45,21 @@ class DriverError(AgentError):
     """A driver cannot talk to its bus or device; the runtime restarts it with backoff."""
 
 
-class DeviceTimeoutError(DriverError):
-    """A device did not answer in time."""
-
-
 class ActionError(AgentError):
     """A device action (command) failed; the reason is sent back to the district."""
 
 
 class StoreError(AgentError):
-    """The local outbox cannot be used (disk full, permissions)."""
+    """The local outbox cannot be used (not open, disk full)."""
+
+
+class StoreFullError(StoreError):
+    """A commit failed (the disk refused the write); the batch stays queued in memory."""
+
+
+class ConnectFailedError(AgentError):
+    """The broker could not be reached or refused the connection (the publisher retries)."""
+
+
+class UnreachableError(ConnectFailedError):
+    """Nothing answered at the broker's address (refused, unreachable, timed out)."""

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from agent.events import Kind, NewEvent
+from agent.contract import Kind, NewEvent
 from agent.profiles import Point
 from agent.sample import BoundDevice, Quality, Sample, Value
 

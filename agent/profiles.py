@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent import registry
 from agent.errors import Problem, ProfileError
-from agent.units import parse_duration
+from agent.units import Duration
+from agent.validation import problems as validation_problems
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 Category = Literal[
     "env", "energy", "fence", "intrusion", "card", "classboard", "ble", "node", "test"
 ]
@@ -51,10 +52,9 @@ class Point(_Strict):
     invert: bool = False  # for on/off points: a normally-closed (fail-safe) loop reads 1 = ok
     deadband: float | None = Field(default=None, ge=0)  # overrides defaults.deadband
     debounce: Duration | None = None  # overrides defaults.debounce (alarm points)
-    # Driver-specific addressing, validated by the driver that reads it.
-    reg: dict[str, Any] | None = Field(default=None, alias="register")
-    synthetic: dict[str, Any] | None = None
-    bridge: dict[str, Any] | None = None  # firmware bridge: `{ id = 0, type = "int16" }`
+    # Where and how the value is on the wire: the driver's own table, validated by its
+    # `point_wire` model (Modbus: `{ table = "input", address = 1, type = "int16" }`).
+    wire: dict[str, Any] | None = None
 
 
 class ActionArg(_Strict):
@@ -69,9 +69,8 @@ class Action(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     args: dict[str, ActionArg] = Field(default_factory=dict)
-    # Driver-specific: what the action writes.
-    reg: dict[str, Any] | None = Field(default=None, alias="register")
-    bridge: dict[str, Any] | None = None  # firmware bridge: `{ id = 0 }` (the ACTION id)
+    # What the action writes: the driver's own table, validated by its `action_wire` model.
+    wire: dict[str, Any] | None = None
 
 
 class Profile(_Strict):
@@ -103,48 +102,44 @@ class Profile(_Strict):
         return None
 
 
-def format_loc(loc: tuple[int | str, ...]) -> str:
-    """('devices', 2, 'bus') -> 'devices[2].bus'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
 def pydantic_problems(file: str, err: ValidationError, prefix: str = "") -> list[Problem]:
-    """Turn pydantic's errors into one Problem each, naming the entry and saying what to do."""
-    problems = []
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"] if p != "function-after")
-        entry = format_loc(tuple(x for x in loc if isinstance(x, int | str)))
-        if prefix:
-            entry = prefix + ("." + entry if entry and not entry.startswith("[") else entry)
-        kind = e["type"]
-        if kind == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r}; remove it or check its spelling"
-        elif kind == "missing":
-            msg = "missing: this key is required"
-        elif kind == "literal_error":
-            expected = e.get("ctx", {}).get("expected", "")
-            msg = f"{e['input']!r} is not allowed; use one of {expected}"
-        elif kind == "string_pattern_mismatch":
-            msg = (
-                f"{e['input']!r} is not allowed here: use letters, digits, '-', '_' or '.' "
-                "(no '/', '+', '#' or spaces; ids are lowercase)"
-            )
-        else:
-            msg = str(e["msg"]).removeprefix("Value error, ")
-        problems.append(Problem(file, entry, msg))
-    return problems
+    """pydantic's errors as Problems of one file (see agent.validation for the wording)."""
+    return [Problem(file, entry, msg) for entry, msg in validation_problems(err, prefix)]
+
+
+def _legacy_wire(data: dict[str, Any]) -> dict[str, Any]:
+    """Profiles written before `wire` named the table after their driver (`register = {…}`).
+
+    The driver says which key that was (`legacy_wire_key`); such a table is read as `wire`.
+    """
+    known = set(Point.model_fields) | set(Action.model_fields)
+    entries = [e for t in ("points", "actions") if isinstance(data.get(t), list) for e in data[t]]
+    extra = {k for e in entries if isinstance(e, dict) for k in e if k not in known}
+    driver = data.get("driver")
+    if not extra or not isinstance(driver, str):
+        return data  # nothing to rename: no driver needs loading
+    cls = registry.profile_driver_class(driver)
+    old = cls.legacy_wire_key if cls is not None else None
+    if old not in extra:
+        return data
+
+    def renamed(entries: Any) -> Any:
+        if not isinstance(entries, list):
+            return entries
+        return [
+            {("wire" if k == old and "wire" not in e else k): v for k, v in e.items()}
+            if isinstance(e, dict)
+            else e
+            for e in entries
+        ]
+
+    return {k: renamed(v) if k in ("points", "actions") else v for k, v in data.items()}
 
 
 def parse_profile(data: dict[str, Any], file: str) -> Profile:
     """Validate a profile's data; raise ProfileError naming file and field."""
     try:
-        profile = Profile.model_validate(data)
+        profile = Profile.model_validate(_legacy_wire(data))
     except ValidationError as e:
         raise ProfileError(pydantic_problems(file, e)) from None
     problems = []

@@ -22,27 +22,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttSection
-from agent.events import Origin, StoredEvent
-from agent.store import Store
+from agent.contract import OFFLINE, ONLINE, Origin, last_will, status_document
+from agent.errors import ConnectFailedError, UnreachableError
+from agent.mqtt_client import correlation_properties, make_client, response_of
+from agent.store import Store, StoredEvent
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[str, bytes, Properties | None], Awaitable[None]]
-
-
-class ConnectFailedError(Exception):
-    """The broker could not be reached or refused the connection."""
-
-
-class UnreachableError(ConnectFailedError):
-    """Nothing answered at the broker's address (refused, unreachable, timed out)."""
+# A command message: topic, payload, MQTT 5 response topic and correlation data (or None).
+CommandHandler = Callable[[str, bytes, str | None, bytes | None], Awaitable[None]]
 
 
 @dataclass
@@ -84,8 +78,8 @@ class Publisher:
         self.status = status or dict
         self.on_command = on_command
         self.stats = PublisherStats()
-        self.status_topic = f"{origin.base}/status"
-        self.cmd_filter = f"{origin.base}/cmd/+"
+        self.status_topic = origin.status_topic
+        self.cmd_filter = origin.command_filter
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -174,7 +168,7 @@ class Publisher:
         client = self._client
         if client is not None and self.stats.connected:
             info = client.publish(
-                self.status_topic, self._status_payload("offline"), qos=1, retain=True
+                self.status_topic, self._status_payload(OFFLINE), qos=1, retain=True
             )
             deadline = time.monotonic() + limit
             while not info.is_published() and time.monotonic() < deadline and self._client:  # noqa: ASYNC110
@@ -187,7 +181,7 @@ class Publisher:
         """Publish the retained gateway status now (if connected and not refused)."""
         if self._client is not None and self.stats.connected and not self.stats.status_refused:
             info = self._client.publish(
-                self.status_topic, self._status_payload("online"), qos=1, retain=True
+                self.status_topic, self._status_payload(ONLINE), qos=1, retain=True
             )
             self._status_mids.add(info.mid)
 
@@ -196,13 +190,12 @@ class Publisher:
         self.stats.status_refused = None
         return await self.store.unpark_all()
 
-    def publish_direct(
-        self, topic: str, payload: bytes, properties: Properties | None = None
-    ) -> bool:
+    def publish_direct(self, topic: str, payload: bytes, correlation: bytes | None = None) -> bool:
         """Publish a message that is not an event (a command reply); False if offline."""
         if self._client is None or not self.stats.connected:
             return False
-        info = self._client.publish(topic, payload, qos=1, properties=properties)
+        props = correlation_properties(correlation)
+        info = self._client.publish(topic, payload, qos=1, properties=props)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # ---- connection ----------------------------------------------------------------
@@ -225,44 +218,16 @@ class Publisher:
         self.stats.last_error = message
 
     def _status_payload(self, state: str) -> bytes:
-        doc = {"v": 1, "state": state, "school": self.origin.school, "gateway": self.origin.gateway}
-        if state == "online":
-            doc.update(self.status())
-        doc["ts"] = time.time()
-        return orjson.dumps(doc)
+        return status_document(self.origin, state, self.status() if state == ONLINE else None)
 
     def _make_client(self) -> mqtt.Client:
-        v5 = self.cfg.protocol == "5"
-        client_id = self.cfg.client_id or f"{self.origin.school}.{self.origin.gateway}"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else True,
+        o = self.origin
+        client = make_client(
+            self.cfg,
+            self.cfg.client_id or f"{o.school}.{o.gateway}",
+            self.password,
+            will=(self.status_topic, last_will(o)),
         )
-        client.connect_timeout = self.cfg.connect_timeout
-        # paho's own in-flight limit rescans its queue on every PUBACK (O(window)): leave it
-        # off; the window is bounded here (len(_inflight) < window).
-        client.max_inflight_messages_set(0)
-        if self.cfg.username is not None:
-            client.username_pw_set(self.cfg.username, self.password)
-        if self.cfg.address.tls:
-            ctx = ssl.create_default_context(
-                cafile=str(self.cfg.ca_file) if self.cfg.ca_file else None
-            )
-            if self.cfg.cert_file and self.cfg.key_file:
-                ctx.load_cert_chain(str(self.cfg.cert_file), str(self.cfg.key_file))
-            client.tls_set_context(ctx)
-        # The will carries no time: the broker sends it later, when the connection is lost.
-        will = orjson.dumps(
-            {
-                "v": 1,
-                "state": "offline",
-                "school": self.origin.school,
-                "gateway": self.origin.gateway,
-            }
-        )
-        client.will_set(self.status_topic, will, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -511,7 +476,9 @@ class Publisher:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self.on_command is None:
             return
-        props = getattr(msg, "properties", None)
-        task = asyncio.ensure_future(self.on_command(msg.topic, bytes(msg.payload), props))
+        response_topic, correlation = response_of(msg)
+        task = asyncio.ensure_future(
+            self.on_command(msg.topic, bytes(msg.payload), response_topic, correlation)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

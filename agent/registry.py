@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
-    from agent.sample import Driver
+    from agent.driver import Driver
 
 GROUP = "campus_agent.drivers"
 
@@ -32,3 +32,12 @@ def driver_class(key: str) -> type[Driver] | None:
     if ep is None:
         return None
     return cast("type[Driver]", ep.load())  # type: ignore[attr-defined]
+
+
+def profile_driver_class(profile_driver: str) -> type[Driver] | None:
+    """A registered driver class that reads profiles whose `driver` is this, or None."""
+    for key in driver_keys():
+        cls = driver_class(key)
+        if cls is not None and cls.profile_driver == profile_driver:
+            return cls
+    return None

@@ -26,13 +26,15 @@ from typing import Any
 import orjson
 
 from agent import __version__, registry
+from agent.clock import ClockState
 from agent.commands import CommandRouter
 from agent.config import SiteConfig, load_config
+from agent.contract import Origin, status_details
+from agent.driver import Driver
 from agent.errors import ActionError, ConfigError
-from agent.events import ClockState, Origin
 from agent.points import DevicePoints
 from agent.publisher import Publisher
-from agent.sample import BoundDevice, BusSpec, Driver, Sample, Value
+from agent.sample import BoundDevice, BusSpec, Sample, Value
 from agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -189,9 +191,8 @@ class Agent:
     async def _stop_bus(self, bus_id: str) -> None:
         task = self.bus_tasks.pop(bus_id, None)
         driver = self.drivers.pop(bus_id, None)
-        stats = getattr(driver, "stats", None)
-        if stats is not None:
-            self.stopped_bus_stats[bus_id] = stats()
+        if driver is not None and (stats := driver.stats()):
+            self.stopped_bus_stats[bus_id] = stats
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -207,8 +208,8 @@ class Agent:
             raise ActionError(f"bus {device.bus!r} is not running")
         return await driver.act(device, action, args)
 
-    def _reply(self, topic: str, payload: bytes, props: Any) -> bool:
-        return self.publisher.publish_direct(topic, payload, props)
+    def _reply(self, topic: str, payload: bytes, correlation: bytes | None) -> bool:
+        return self.publisher.publish_direct(topic, payload, correlation)
 
     # ---- reload --------------------------------------------------------------------
 
@@ -259,26 +260,21 @@ class Agent:
         """The retained status document (also the base of the local status file)."""
         s = self.store.stats
         p = self.publisher.stats
-        return {
-            "version": __version__,
-            "uptime": round(time.time() - self.started, 1),
-            "backlog": s.backlog,
-            "oldest_unsent_age": self._oldest_age,
-            "evicted": dict(s.evicted),
-            "lost_uncommitted": s.lost_uncommitted,
-            "store_recovered": s.recovered,
-            "publish_rate": p.rate,
-            "refused": {
-                "count": p.refused,
-                "last": p.last_refusal,
-                "parked": s.parked,
-                "status_topic": p.status_refused,
-            },
-            "devices": {
-                dev: {"online": st.online, "since": round(st.since, 3), "reason": st.reason}
-                for dev, st in sorted(self.devices.items())
-            },
-        }
+        return status_details(
+            version=__version__,
+            uptime=time.time() - self.started,
+            backlog=s.backlog,
+            oldest_unsent_age=self._oldest_age,
+            evicted=s.evicted,
+            lost_uncommitted=s.lost_uncommitted,
+            store_recovered=s.recovered,
+            publish_rate=p.rate,
+            refused=p.refused,
+            last_refusal=p.last_refusal,
+            parked=s.parked,
+            status_topic_refused=p.status_refused,
+            devices={d: (st.online, st.since, st.reason) for d, st in self.devices.items()},
+        )
 
     _oldest_age: float | None = None
 
@@ -322,9 +318,9 @@ class Agent:
                 "buses": {
                     **self.stopped_bus_stats,
                     **{
-                        bus_id: stats()
+                        bus_id: stats
                         for bus_id, driver in sorted(self.drivers.items())
-                        if (stats := getattr(driver, "stats", None)) is not None
+                        if (stats := driver.stats())
                     },
                 },
                 "reloads": self.reloads,

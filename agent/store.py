@@ -3,7 +3,7 @@
 Group commit (one transaction every few milliseconds), priorities, a byte cap measured on
 the real files (WAL included) with eviction of the oldest telemetry first, delete on PUBACK,
 and a start-up integrity check that moves a damaged file aside instead of refusing to run.
-This module never talks to the network and never builds topics beyond Origin.topic.
+This module never talks to the network; topics and payloads come from agent.contract.
 """
 
 from __future__ import annotations
@@ -21,17 +21,9 @@ from typing import Any
 
 import aiosqlite
 
-from agent.events import (
-    PRIORITY,
-    RETAINED,
-    ClockState,
-    NewEvent,
-    Origin,
-    Priority,
-    StoredEvent,
-    encode,
-    uuid7,
-)
+from agent.clock import ClockState
+from agent.contract import PRIORITY, RETAINED, NewEvent, Origin, Priority, encode, uuid7
+from agent.errors import StoreError, StoreFullError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +51,17 @@ GROUP = 8  # telemetry committed without waiting longer once this many events ar
 # The next seq survives in the rows themselves (max(seq) + 1 at start-up) until rows are
 # deleted: every transaction that deletes rows writes it down.
 SET_NEXT_SEQ = "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_seq', ?)"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A committed event: what the publisher sends."""
+
+    seq: int
+    priority: int
+    topic: str
+    payload: bytes
+    retain: bool
 
 
 @dataclass
@@ -575,7 +578,7 @@ class Store:
         # for the writer, so the publisher never waits behind a group commit.
         rdb = self._rdb
         if rdb is None:
-            raise RuntimeError("store is not open")
+            raise StoreError("store is not open")
         self.min_new_priority = int(Priority.TELEMETRY)
         self.new_data.clear()
         for prio in Priority:
@@ -646,12 +649,8 @@ class Store:
 
     def _require_db(self) -> aiosqlite.Connection:
         if self._db is None:
-            raise RuntimeError("store is not open")
+            raise StoreError("store is not open")
         return self._db
-
-
-class StoreFullError(Exception):
-    """A commit failed (the disk refused the write); the batch stays queued in memory."""
 
 
 def _is_full(e: sqlite3.Error) -> bool:

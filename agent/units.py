@@ -7,6 +7,9 @@ never guesses a unit for a bare string.
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -59,3 +62,8 @@ def parse_size(value: object) -> int:
             "(e.g. '512MiB')"
         )
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+# The field types every config, profile and driver model uses for these quantities.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]

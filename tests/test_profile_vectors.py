@@ -37,7 +37,7 @@ def test_profile_vectors_decode_to_the_expected_values(pid):
     data = tomllib.loads(path.read_text())
     assert data.get("source"), "a vector file names where its numbers come from"
     assert len(data["case"]) >= 2
-    points = [(p.name, Register.model_validate(p.reg)) for p in profile.points if p.reg]
+    points = [(p.name, Register.model_validate(p.wire)) for p in profile.points if p.wire]
     for case in data["case"]:
         regs = {
             table: {int(a): int(v) for a, v in values.items()}

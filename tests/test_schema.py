@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from agent import schema
 from agent.commands import CommandRouter
@@ -310,13 +308,12 @@ def _request(action: str, *, age: float = 0.0, ident: str = "", **extra: Any) ->
 
 def test_command_replies_and_audit_events_validate(site: SiteConfig) -> None:
     """Every refusal the router can make without waiting 15 s, through the real router."""
-    replies: list[tuple[str, bytes, Properties | None]] = []
+    replies: list[tuple[str, bytes, bytes | None]] = []
     audits: list[NewEvent] = []
     base = "campus/v1/pt-023/gw-main/cmd"
-    v5 = Properties(PacketTypes.PUBLISH)
-    v5.ResponseTopic = "district/replies/42"
-    v5.CorrelationData = b"corr-42"
-    messages: list[tuple[str, bytes, Properties | None, str]] = [
+    # An MQTT 5 request's response topic and correlation data, as the publisher hands them on.
+    v5 = ("district/replies/42", b"corr-42")
+    messages: list[tuple[str, bytes, tuple[str, bytes] | None, str]] = [
         (f"{base}/north-fence", _request("arm"), v5, "ok"),
         (f"{base}/north-fence", _request("fail"), None, "action_failed"),
         (f"{base}/north-fence", b"{not json", None, "malformed"),
@@ -332,8 +329,8 @@ def test_command_replies_and_audit_events_validate(site: SiteConfig) -> None:
         (f"{base}/north-fence", _request("arm", ident="replayed-0001"), None, "replayed"),
     ]
 
-    def reply(topic: str, body: bytes, props: Properties | None) -> bool:
-        replies.append((topic, body, props))
+    def reply(topic: str, body: bytes, correlation: bytes | None) -> bool:
+        replies.append((topic, body, correlation))
         return True
 
     async def run() -> None:
@@ -349,7 +346,7 @@ def test_command_replies_and_audit_events_validate(site: SiteConfig) -> None:
                 record=audits.append,
             )
             for topic, payload, props, _ in messages:
-                await router.handle(topic, payload, props)
+                await router.handle(topic, payload, *(props or (None, None)))
         finally:
             await store.close()
 
@@ -366,7 +363,7 @@ def test_command_replies_and_audit_events_validate(site: SiteConfig) -> None:
     response = [r for r in replies if r[0] == "district/replies/42"]
     assert len(response) == 1
     assert response[0][2] is not None
-    assert response[0][2].CorrelationData == b"corr-42"
+    assert response[0][2] == b"corr-42"
     assert on_reply_topic[5][0] == "campus/v1/pt-023/gw-main/cmd-reply/_unknown"
 
 

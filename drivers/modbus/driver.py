@@ -16,27 +16,20 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
+from agent.driver import DeviceSink, Driver, Problems
 from agent.errors import ActionError, DriverError
-from agent.profiles import Profile, format_loc
-from agent.sample import BoundDevice, BusSpec, DeviceSink, Quality, Sample, Value
-from agent.units import parse_duration
+from agent.profiles import Profile
+from agent.sample import BoundDevice, BusSpec, Quality, Sample, Value
+from agent.units import Duration
 from drivers.modbus.codec import ReadBlock, Register, Write, encode, plan_reads
 
 log = logging.getLogger(__name__)
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 BAUD_RATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient
 
@@ -136,25 +129,29 @@ class _Device:
 
 
 def _points_of(profile: Profile) -> list[tuple[str, Register]]:
-    return [(p.name, Register.model_validate(p.reg)) for p in profile.points if p.reg is not None]
+    return [(p.name, Register.model_validate(p.wire)) for p in profile.points if p.wire is not None]
 
 
-class _ModbusDriver:
+class _ModbusDriver(Driver):
     """Shared by the TCP and RTU drivers: scheduling, decoding, backoff, actions."""
 
     profile_driver: ClassVar[str] = "modbus"
     device_model: ClassVar[type[BaseModel]] = ModbusDevice
+    point_wire: ClassVar[type[BaseModel] | None] = Register
+    action_wire: ClassVar[type[BaseModel] | None] = Write
+    wire_required: ClassVar[bool] = True
+    legacy_wire_key: ClassVar[str | None] = "register"
     OFFLINE_AFTER = 2  # failed polls in a row before a device is reported offline
     BACKOFF_MAX = 60.0
 
     def __init__(self, bus: BusSpec, devices: Sequence[BoundDevice]) -> None:
-        self.bus = bus
-        self.devices: dict[str, _Device] = {}
+        super().__init__(bus, devices)
+        self.polled: dict[str, _Device] = {}
         for d in devices:
             gap = d.options.max_gap if d.options.max_gap is not None else d.profile.defaults.max_gap
             points = _points_of(d.profile)
             assert isinstance(d.address, int)  # noqa: S101 - check_device guarantees it
-            self.devices[d.id] = _Device(d, d.address, plan_reads(points, gap), len(points))
+            self.polled[d.id] = _Device(d, d.address, plan_reads(points, gap), len(points))
         self.client: Client | None = None
         self._idle: deque[Client] = deque()
         self.slot = BusSlot(1)
@@ -165,28 +162,17 @@ class _ModbusDriver:
     # ---- config checks (called by `check`, no I/O) ------------------------------------
 
     @classmethod
-    def check_profile(cls, profile: Profile) -> list[tuple[str, str]]:
-        """(field, message) for every register or write spec the codec would refuse."""
-        problems: list[tuple[str, str]] = []
-        for i, p in enumerate(profile.points):
-            if p.reg is None:
-                problems.append((f"points[{i}].register", "a modbus point needs `register = {…}`"))
-                continue
-            problems += _model_problems(Register, p.reg, f"points[{i}].register")
+    def check_profile(cls, profile: Profile) -> Problems:
+        """Every register or write spec the codec would refuse, and writes of unknown args."""
+        problems = super().check_profile(profile)
         for i, a in enumerate(profile.actions):
-            if a.reg is None:
-                problems.append(
-                    (f"actions[{i}].register", "a modbus action needs `register = {…}`")
-                )
-                continue
-            problems += _model_problems(Write, a.reg, f"actions[{i}].register")
-            arg = a.reg.get("arg")
+            arg = (a.wire or {}).get("arg")
             if isinstance(arg, str) and arg not in a.args:
-                problems.append((f"actions[{i}].register.arg", f"no argument {arg!r} in args"))
+                problems.append((f"actions[{i}].wire.arg", f"no argument {arg!r} in args"))
         return problems
 
     @classmethod
-    def check_device(cls, device: BoundDevice) -> list[tuple[str, str]]:
+    def check_device(cls, device: BoundDevice) -> Problems:
         if not isinstance(device.address, int) or not 0 <= device.address <= 247:
             return [("address", "a Modbus device needs `address` = its unit id, 1-247")]
         return []
@@ -208,8 +194,8 @@ class _ModbusDriver:
             self._idle = deque(clients)
             self.client = clients[0]
             async with asyncio.TaskGroup() as tg:
-                n = len(self.devices)
-                for i, dev in enumerate(self.devices.values()):
+                n = len(self.polled)
+                for i, dev in enumerate(self.polled.values()):
                     # Spread first polls over one interval: 200 devices due in the same
                     # instant would queue 400 requests on the bus every second.
                     offset = dev.device.poll_interval * i / max(n, 1)
@@ -322,8 +308,8 @@ class _ModbusDriver:
         self, device: BoundDevice, action: str, args: Mapping[str, Any]
     ) -> Mapping[str, Value]:
         """Write what the profile's action says (a coil or registers), ahead of polls."""
-        spec_data = next((a.reg for a in device.profile.actions if a.name == action), None)
-        dev = self.devices.get(device.id)
+        spec_data = next((a.wire for a in device.profile.actions if a.name == action), None)
+        dev = self.polled.get(device.id)
         if spec_data is None or dev is None:
             raise ActionError(f"{device.id} has no action {action!r}")
         spec = Write.model_validate(spec_data)
@@ -414,18 +400,3 @@ class ModbusRtuDriver(_ModbusDriver):
 def _short(e: BaseException) -> str:
     text = str(e) or type(e).__name__
     return text if len(text) < 160 else text[:157] + "..."
-
-
-def _model_problems(model: type[BaseModel], data: Any, prefix: str) -> list[tuple[str, str]]:
-    try:
-        model.model_validate(data)
-    except ValidationError as e:
-        out = []
-        for err in e.errors():
-            loc = format_loc(tuple(x for x in err["loc"] if isinstance(x, int | str)))
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key {err['loc'][-1]!r}; remove it or check its spelling"
-            out.append((f"{prefix}.{loc}" if loc else prefix, msg))
-        return out
-    return []

@@ -2,7 +2,7 @@
 
 It stays in the product on purpose: a site can run the whole pipeline without hardware, and
 the benchmarks drive the core at full speed through it. Values follow each point's
-`synthetic = { min, max, period }` in the profile; alarm points toggle every `alarm_every`.
+`wire = { min, max, period }` in the profile; alarm points toggle every `alarm_every`.
 It never builds topics or JSON: it hands Samples to the core like any other driver.
 """
 
@@ -12,22 +12,24 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
+from agent.driver import DeviceSink, Driver, NoOptions
 from agent.errors import ActionError, DriverError
-from agent.profiles import Profile
-from agent.sample import BoundDevice, BusSpec, DeviceSink, Sample, Value
-from agent.units import parse_duration
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+from agent.sample import BoundDevice, BusSpec, Sample, Value
+from agent.units import Duration
 
 
-class SyntheticBus(BaseModel):
-    """Keys of a `driver = "synthetic"` [[buses]] entry (none besides id and driver)."""
+class SyntheticWire(BaseModel):
+    """A point's `wire = { min, max, period, initial }`: the wave it follows."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    min: StrictInt | StrictFloat = 0.0
+    max: StrictInt | StrictFloat = 100.0
+    period: Duration = 600.0
+    initial: StrictBool | StrictInt | StrictFloat | str = False  # state points
 
 
 class SyntheticDevice(BaseModel):
@@ -39,43 +41,18 @@ class SyntheticDevice(BaseModel):
     crash_after: Duration | None = None  # fault injection: the driver fails after this long
 
 
-class SyntheticDriver:
+class SyntheticDriver(Driver):
     """Generates readings for every device on its bus."""
 
     key: ClassVar[str] = "synthetic"
     profile_driver: ClassVar[str] = "synthetic"
-    bus_model: ClassVar[type[BaseModel]] = SyntheticBus
+    bus_model: ClassVar[type[BaseModel]] = NoOptions
     device_model: ClassVar[type[BaseModel]] = SyntheticDevice
-
-    @classmethod
-    def check_profile(cls, profile: Profile) -> list[tuple[str, str]]:
-        """(field, message) for a `synthetic = {…}` table the generator would misread."""
-        problems: list[tuple[str, str]] = []
-        for i, p in enumerate(profile.points):
-            spec = p.synthetic or {}
-            for key in spec:
-                if key not in ("min", "max", "period", "initial"):
-                    problems.append(
-                        (
-                            f"points[{i}].synthetic.{key}",
-                            "unknown key; use min, max, period, initial",
-                        )
-                    )
-            for key in ("min", "max"):
-                if key in spec and (
-                    isinstance(spec[key], bool) or not isinstance(spec[key], int | float)
-                ):
-                    problems.append((f"points[{i}].synthetic.{key}", "must be a number"))
-            if "period" in spec:
-                try:
-                    parse_duration(spec["period"])
-                except ValueError as e:
-                    problems.append((f"points[{i}].synthetic.period", str(e)))
-        return problems
+    point_wire: ClassVar[type[BaseModel] | None] = SyntheticWire
+    legacy_wire_key: ClassVar[str | None] = "synthetic"
 
     def __init__(self, bus: BusSpec, devices: Sequence[BoundDevice]) -> None:
-        self.bus = bus
-        self.devices = list(devices)
+        super().__init__(bus, devices)
         self.state: dict[str, dict[str, Value]] = {d.id: {} for d in devices}
 
     async def run(self, sink: DeviceSink) -> None:
@@ -88,10 +65,8 @@ class SyntheticDriver:
         """Per point: (name, kind, min, max, period, initial), parsed once per device."""
         out = []
         for p in device.profile.points:
-            spec: dict[str, Any] = p.synthetic or {}
-            period = parse_duration(spec.get("period", "10min"))
-            lo, hi = float(spec.get("min", 0.0)), float(spec.get("max", 100.0))
-            out.append((p.name, p.kind, lo, hi, period, spec.get("initial", False)))
+            w = SyntheticWire.model_validate(p.wire or {})
+            out.append((p.name, p.kind, float(w.min), float(w.max), w.period, w.initial))
         return out
 
     def _values(self, device: BoundDevice, waves: list[Any], t: float) -> dict[str, Value]:
