@@ -24,6 +24,7 @@ import aiosqlite
 from agent.clock import ClockState
 from agent.contract import PRIORITY, RETAINED, NewEvent, Origin, Priority, encode, uuid7
 from agent.errors import StoreError, StoreFullError
+from agent.store_files import ensure_reserve, integrity_problem, move_aside, salvage_seq_of
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +144,11 @@ class Store:
         """Open (or create) the outbox; a damaged file is moved aside and a fresh one started."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         salvage_seq = 0
-        reason = await self._integrity_problem()
+        reason = await integrity_problem(self.path)
         if reason is not None:
-            salvage_seq = self._salvage_seq()
-            moved = self._move_aside()
-            self.stats.recovered = {
-                "at": time.time(),
-                "reason": reason,
-                "moved_to": str(moved),
-            }
+            salvage_seq = salvage_seq_of(self.path)
+            moved = move_aside(self.path)
+            self.stats.recovered = {"at": time.time(), "reason": reason, "moved_to": str(moved)}
             log.error(
                 "store damaged, moved aside and started fresh: path=%s moved_to=%s reason=%r",
                 self.path,
@@ -197,47 +194,6 @@ class Store:
         if self.stats.backlog:
             self.new_data.set()
             self.min_new_priority = int(Priority.ALARM)
-
-    async def _integrity_problem(self) -> str | None:
-        if not self.path.exists():
-            return None
-        try:
-            db = await aiosqlite.connect(self.path, isolation_level=None)
-            try:
-                async with db.execute("PRAGMA quick_check") as cur:
-                    rows = await cur.fetchall()
-                result = ", ".join(str(r[0]) for r in rows)
-                if result != "ok":
-                    return result[:500]
-                async with db.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE name='outbox'"
-                ) as cur:
-                    await cur.fetchone()
-            finally:
-                await db.close()
-        except sqlite3.DatabaseError as e:
-            return str(e)
-        return None
-
-    def _salvage_seq(self) -> int:
-        try:
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            try:
-                row = con.execute("SELECT max(seq) FROM outbox").fetchone()
-                return int(row[0] or 0)
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return 0
-
-    def _move_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        target = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                src.rename(Path(str(target) + suffix))
-        return target
 
     async def close(self) -> None:
         """Commit what is queued and close the database."""
@@ -492,22 +448,8 @@ class Store:
             await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _ensure_reserve(self) -> None:
-        """(Re)create the reserve when the disk has room for it and more."""
-        if self.reserve.exists():
-            return
-        try:
-            st = os.statvfs(self.reserve.parent)
-            if st.f_bavail * st.f_frsize < 4 * self.reserve_size:
-                return
-            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, self.reserve_size)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                self.reserve.unlink()
-            log.debug("no reserve beside the store: %s", e.strerror)
+        if problem := ensure_reserve(self.reserve, self.reserve_size):
+            log.debug("no reserve beside the store: %s", problem)
 
     def _log_eviction(self) -> None:
         # An overflow evicts many times a second: say so at most every 30 s.
@@ -655,12 +597,3 @@ class Store:
 
 def _is_full(e: sqlite3.Error) -> bool:
     return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(e)
-
-
-def file_bytes(path: Path) -> int:
-    """Bytes on disk of the database and its WAL (what the cap is about)."""
-    total = 0
-    for suffix in ("", "-wal"):
-        with contextlib.suppress(FileNotFoundError):
-            total += os.stat(str(path) + suffix).st_size
-    return total
