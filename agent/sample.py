@@ -58,8 +58,3 @@ class BusSpec:
     driver: str
     options: Any = None  # an instance of the driver's bus_model
 
-
-# Drivers written before agent/driver.py imported the sink from here.
-from agent.driver import DeviceSink  # noqa: E402
-
-__all__ = ["BoundDevice", "BusSpec", "DeviceSink", "Quality", "Sample", "Value"]

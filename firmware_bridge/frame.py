@@ -8,17 +8,22 @@ Layers:
 
 * wire: `cobs_encode` / `cobs_decode`, `crc16`, `encode_frame` (frame -> wire bytes with the
   0x00 delimiter) and `Decoder` (stream-fed, never raises on bad input, counts what it drops);
-* messages live in `firmware_bridge.messages` (split by job: this module is framing only).
+* messages live in `firmware_bridge.messages`, the protocol's numbers (message types, NACK
+  reasons, …) in `firmware_bridge.codes` (split by job: this module is framing only).
 
-Callers who want exceptions get `FrameError`, which carries the counter name (`kind`) and,
-for payload problems, the NACK reason a receiver should answer with.
+Callers who want exceptions get `FrameError` (`firmware_bridge.errors`), which carries the
+counter name (`kind`) and, for payload problems, the NACK reason a receiver should answer with.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntEnum, IntFlag
+
+# Re-exported for bench/bridge.py, which imports FwState from here; the protocol's numbers
+# live in `firmware_bridge.codes`.
+from firmware_bridge.codes import FwState as FwState  # noqa: PLC0414
+from firmware_bridge.errors import FrameError
 
 PROTOCOL_VERSION = 1
 HEADER_SIZE = 6
@@ -30,88 +35,6 @@ MAX_ENCODED = MAX_FRAME + 1  # 253: COBS adds exactly one byte to frames shorter
 MAX_WIRE = MAX_ENCODED + 1  # 254 with the delimiter
 MAX_FW_CHUNK = 200
 DELIMITER = 0x00
-
-
-class Flags(IntFlag):
-    """Header flag bits; bits 2..7 are reserved (sent as 0, ignored on receipt)."""
-
-    NONE = 0
-    NEEDS_ACK = 0x01
-    RETRANSMIT = 0x02
-
-
-class MsgType(IntEnum):
-    """Message type numbers (header byte 1)."""
-
-    HELLO = 0x01
-    WELCOME = 0x02
-    HEARTBEAT = 0x03
-    ACK = 0x04
-    NACK = 0x05
-    DATA = 0x10
-    EVENT = 0x11
-    TIME_SYNC = 0x20
-    CONFIG_GET = 0x21
-    CONFIG_SET = 0x22
-    CONFIG_VALUE = 0x23
-    ACTION = 0x30
-    ACTION_RESULT = 0x31
-    FW_BEGIN = 0x40
-    FW_CHUNK = 0x41
-    FW_STATUS = 0x42
-    FW_VERIFY = 0x43
-    FW_COMMIT = 0x44
-    FW_ABORT = 0x45
-
-
-class NackReason(IntEnum):
-    """NACK reason codes."""
-
-    CRC = 0x01  # reserved: a frame failing its CRC is never answered (its seq is untrusted)
-    UNSUPPORTED_TYPE = 0x02
-    BAD_PAYLOAD = 0x03
-    BUSY = 0x04
-    VERSION = 0x05
-    HELLO_REQUIRED = 0x06
-    BAD_STATE = 0x07
-    VERIFY_FAILED = 0x08
-    UNKNOWN_KEY = 0x09
-    UNKNOWN_ACTION = 0x0A
-    TOO_LARGE = 0x0B
-
-
-class FwState(IntEnum):
-    """Firmware update states reported in FW_STATUS."""
-
-    IDLE = 0
-    RECEIVING = 1
-    VERIFIED = 2
-    COMMITTED = 3
-    ROLLED_BACK = 4
-
-
-class ActionStatus(IntEnum):
-    """ACTION_RESULT status codes."""
-
-    OK = 0
-    FAILED = 1
-    REJECTED = 2
-    TIMEOUT = 3
-
-
-class FrameError(Exception):
-    """A frame or payload that does not follow PROTOCOL.md.
-
-    Attributes:
-        kind: the decoder counter this falls under (`cobs_errors`, `too_short`, `too_long`,
-            `crc_errors`, `length_errors`) or `"payload"` for message-level problems.
-        reason: the NACK reason a receiver answers with, for message-level problems.
-    """
-
-    def __init__(self, message: str, kind: str, reason: NackReason | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.reason = reason
 
 
 # --------------------------------------------------------------------------- wire layer

@@ -2,8 +2,9 @@
 
 `Host.run()` opens the port, welcomes the node, acknowledges and de-duplicates its EVENTs,
 sends heartbeats and TIME_SYNC, notices a silent node, and reopens the port by itself after
-the cable is pulled. `Host.action()` and `Host.update_firmware()` are the two requests a
-caller makes. Framing and payloads come from the sans-IO `frame` and `messages` modules;
+the cable is pulled. `Host.action()` and `Host.fw_request()` are the requests a caller makes
+(a firmware update is `update.run_update(host, …)`, built on `fw_request`; this module does
+not import it). Framing and payloads come from the sans-IO `frame` and `messages` modules;
 this module only moves their bytes and keeps the session state. It never builds topics or
 JSON: what the node says goes to a `NodeListener`.
 """
@@ -15,24 +16,15 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import serial_asyncio_fast
 
-from firmware_bridge.frame import (
-    PROTOCOL_VERSION,
-    ActionStatus,
-    Decoder,
-    DecoderStats,
-    Flags,
-    Frame,
-    FrameError,
-    MsgType,
-    NackReason,
-    encode_frame,
-)
+from firmware_bridge.codes import ActionStatus, Flags, MsgType, NackReason
+from firmware_bridge.errors import FrameError, LinkDownError, NodeNackError
+from firmware_bridge.frame import PROTOCOL_VERSION, Decoder, DecoderStats, Frame, encode_frame
 from firmware_bridge.messages import (
     ACKED_TYPES,
     Ack,
@@ -63,7 +55,6 @@ DEDUP_WINDOW = 32
 RESULT_TIMEOUT = 30.0  # s for ACTION_RESULT after the ACK
 FW_REPLY_TIMEOUT = 1.0  # s for FW_STATUS or NACK
 FW_TRIES = 5
-REBOOT_TIMEOUT = 30.0  # s for the HELLO after FW_COMMIT
 HELLO_REQUIRED_EVERY = 1.0
 # Requests a node sends; anything else from a node is a type the host does not implement.
 _FROM_NODE = frozenset(
@@ -79,31 +70,6 @@ _FROM_NODE = frozenset(
         MsgType.FW_STATUS,
     }
 )
-
-
-class LinkDownError(Exception):
-    """The node cannot be reached now: port closed, not welcomed, or no answer in time."""
-
-
-class NodeNackError(Exception):
-    """The node refused a request with a NACK."""
-
-    def __init__(self, request: str, reason: int) -> None:
-        self.request = request
-        self.reason = reason
-        try:
-            name = NackReason(reason).name
-        except ValueError:
-            name = f"reason {reason:#04x}"
-        super().__init__(f"node refused {request}: NACK {name}")
-
-
-class FirmwareError(Exception):
-    """A firmware update that cannot succeed as it is (bad image, wrong state, rollback)."""
-
-
-class ImageRejectedError(FirmwareError):
-    """FW_VERIFY failed: the node's sha256 of the received image differs (it was aborted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +100,6 @@ class HostStats:
     resent: int = 0  # our own NEEDS_ACK frames sent again for want of an ACK
     heartbeats_sent: int = 0
     offline: int = 0  # times the node was reported offline
-
-
-ProgressCallback = Callable[[str, int, int], Awaitable[None]]
 
 
 class NodeListener(Protocol):
@@ -200,7 +163,7 @@ class Host:
         self._seq = 0
         self._online = False
         self._send_lock = asyncio.Lock()  # one NEEDS_ACK frame in flight
-        self._fw_lock = asyncio.Lock()
+        self.fw_lock = asyncio.Lock()  # held by a firmware update (update.py) for its whole run
         self._acks: dict[int, asyncio.Future[Ack | Nack]] = {}
         self._results: dict[int, asyncio.Future[ActionResult]] = {}
         self._fw_reply: asyncio.Future[FwStatus | Nack] | None = None
@@ -562,15 +525,6 @@ class Host:
                 raise NodeNackError(message.TYPE.name, answer.reason)
             return answer
         raise LinkDownError(f"no answer to {message.TYPE.name} after {FW_TRIES} tries")
-
-    async def update_firmware(
-        self, image: bytes, version: str, progress: ProgressCallback | None = None
-    ) -> int:
-        """Send `image` to the node, verify, commit and wait for it to boot (see update.py)."""
-        from firmware_bridge.update import run_update  # noqa: PLC0415 - update.py imports host
-
-        async with self._fw_lock:
-            return await run_update(self, image, version, progress)
 
     def expect_hello(self) -> asyncio.Future[NodeInfo]:
         """A future resolved by the node's next HELLO (it reboots after FW_COMMIT)."""

@@ -33,19 +33,9 @@ from typing import Any
 
 import serial_asyncio_fast
 
-from firmware_bridge.frame import (
-    ActionStatus,
-    Decoder,
-    Flags,
-    Frame,
-    FrameError,
-    FwState,
-    MsgType,
-    NackReason,
-    cobs_encode,
-    encode_frame,
-    frame_bytes,
-)
+from firmware_bridge.codes import ActionStatus, Flags, FwState, MsgType, NackReason
+from firmware_bridge.errors import FrameError
+from firmware_bridge.frame import Decoder, Frame, cobs_encode, encode_frame, frame_bytes
 from firmware_bridge.messages import (
     ACKED_TYPES,
     Ack,

@@ -3,7 +3,8 @@
 Stop-and-wait: every FW_* request is answered by FW_STATUS (or a NACK) before the next is
 sent. It resumes where the node stands (FW_STATUS.next_offset), so running it again with the
 same image after a broken link continues the transfer. It never touches the serial port
-itself: it speaks through `Host.fw_request`.
+itself: it speaks through `Host.fw_request`. It imports `host`, never the other way round:
+callers (the bridge driver) call `run_update(host, …)` themselves.
 """
 
 from __future__ import annotations
@@ -11,38 +12,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
-from firmware_bridge.frame import FwState, NackReason
-from firmware_bridge.host import (
-    REBOOT_TIMEOUT,
-    FirmwareError,
-    ImageRejectedError,
-    LinkDownError,
-    NodeNackError,
-    ProgressCallback,
-)
+from firmware_bridge.codes import FwState, NackReason
+from firmware_bridge.errors import FirmwareError, ImageRejectedError, LinkDownError, NodeNackError
+from firmware_bridge.host import Host, NodeInfo
 from firmware_bridge.messages import FwAbort, FwBegin, FwChunk, FwCommit, FwVerify
 
-if TYPE_CHECKING:
-    from firmware_bridge.host import Host, NodeInfo
-
 CHUNK = 200  # bytes of image per FW_CHUNK (PROTOCOL.md: at most 200)
+REBOOT_TIMEOUT = 30.0  # s for the HELLO after FW_COMMIT
+
+ProgressCallback = Callable[[str, int, int], Awaitable[None]]
 
 
 async def run_update(
     host: Host, image: bytes, version: str, progress: ProgressCallback | None = None
 ) -> int:
-    """Send `image`, verify and commit it, and wait for the node to boot it.
+    """Send `image` to the node, verify and commit it, and wait for the node to boot it.
 
-    Returns the offset it started from (0 for a fresh transfer).
+    One update at a time per host (it holds `host.fw_lock`). Returns the offset it started
+    from (0 for a fresh transfer).
 
     Raises:
         FirmwareError: the node rejected the image (sha256, size, state) or booted another
             version (rollback); the staged image is aborted where it can be.
         LinkDownError: the link went down; call again to resume.
     """
+    async with host.fw_lock:
+        return await _transfer(host, image, version, progress)
 
+
+async def _transfer(
+    host: Host, image: bytes, version: str, progress: ProgressCallback | None
+) -> int:
     async def report(state: str, done: int) -> None:
         if progress is not None:
             await progress(state, done, len(image))

@@ -22,7 +22,8 @@ from typing import TypeVar
 
 import pytest
 
-from firmware_bridge.frame import Decoder, Flags, Frame, encode_frame, frame_bytes
+from firmware_bridge.codes import Flags
+from firmware_bridge.frame import Decoder, Frame, encode_frame, frame_bytes
 from firmware_bridge.messages import (
     Ack,
     Action,

@@ -19,8 +19,10 @@ import pytest
 from conftest import ROOT, wait_for
 from modbus_peers import PtyPair
 
-from firmware_bridge.host import Host, ImageRejectedError, NodeInfo
+from firmware_bridge.errors import ImageRejectedError
+from firmware_bridge.host import Host, NodeInfo
 from firmware_bridge.messages import Point
+from firmware_bridge.update import run_update
 
 CMD = "campus/v1/pt-023/gw-main/cmd/"
 
@@ -349,7 +351,7 @@ async def test_corrupted_image_is_rejected_by_sha256_and_aborted(line, node):
             seen.append(state)
 
         with pytest.raises(ImageRejectedError, match="sha256 does not match"):
-            await host.update_firmware(os.urandom(1000), "9.9.9", progress)
+            await run_update(host, os.urandom(1000), "9.9.9", progress)
         assert seen[-1] == "verifying"
         s = await until(
             lambda: sim.stats().get("fw_verify_failed") == 1 and sim.stats(), 5, "stats"

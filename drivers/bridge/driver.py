@@ -1,7 +1,7 @@
 """The firmware bridge driver: one campus MCU node on one serial port (firmware_bridge/host.py).
 
 The node's profile maps the point ids of its DATA and EVENT frames to named points, and
-action ids to named actions (`bridge = { id = … }`). DATA becomes telemetry and state; an
+action ids to named actions (`wire = { id = … }`). DATA becomes telemetry and state; an
 EVENT carries alarm points, whose edges the core turns into alarm events. The node is
 online from its HELLO until it goes silent or the port closes; the host reopens the port by
 itself. A `firmware_update` action sends an image from the bus's `firmware_dir` in the
@@ -18,33 +18,27 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, get_args
+from typing import Any, ClassVar, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agent.driver import DeviceSink, Driver, Problems
 from agent.errors import ActionError, DriverError
 from agent.profiles import Profile
-from agent.sample import BoundDevice, BusSpec, DeviceSink, Sample
+from agent.sample import BoundDevice, BusSpec, Sample
 from agent.sample import Value as SampleValue
-from agent.units import parse_duration
-from firmware_bridge.frame import ActionStatus, NackReason
-from firmware_bridge.host import (
-    FirmwareError,
-    Host,
-    ImageRejectedError,
-    LinkDownError,
-    NodeInfo,
-    NodeNackError,
-    action_status_name,
-)
+from agent.units import Duration
+from firmware_bridge.codes import ActionStatus, NackReason
+from firmware_bridge.errors import FirmwareError, ImageRejectedError, LinkDownError, NodeNackError
+from firmware_bridge.host import Host, NodeInfo, action_status_name
 from firmware_bridge.messages import Point, Value, ValueKind
+from firmware_bridge.update import run_update
 
 log = logging.getLogger(__name__)
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 VALUE_KINDS: tuple[str, ...] = get_args(ValueKind)
 FIRMWARE_ACTION = "firmware_update"
-# State points the driver fills itself; a profile declares them without a `bridge` table.
+# State points the driver fills itself; a profile declares them without a `wire` table.
 DRIVER_POINTS = ("fw_version", "fw_state", "fw_progress")
 MAX_IMAGE = 16 << 20
 ARG_KINDS: dict[str, ValueKind] = {
@@ -88,7 +82,7 @@ class BridgeDevice(BaseModel):
 
 
 class PointSpec(BaseModel):
-    """A point's `bridge` table: the point id in DATA/EVENT frames and its wire type."""
+    """A point's `wire` table: the point id in DATA/EVENT frames and its wire type."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: int = Field(ge=0, le=255)
@@ -105,30 +99,32 @@ class PointSpec(BaseModel):
 
 
 class ActionSpec(BaseModel):
-    """An action's `bridge` table: the ACTION id; args go in the profile's declared order."""
+    """An action's `wire` table: the ACTION id; args go in the profile's declared order."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: int = Field(ge=0, le=255)
 
 
-class BridgeDriver:
+class BridgeDriver(Driver):
     """A node on a serial port: DATA/EVENT in, ACTION and firmware updates out."""
 
     key: ClassVar[str] = "bridge"
     profile_driver: ClassVar[str] = "bridge"
     bus_model: ClassVar[type[BaseModel]] = BridgeBus
     device_model: ClassVar[type[BaseModel]] = BridgeDevice
+    point_wire: ClassVar[type[BaseModel] | None] = PointSpec
+    action_wire: ClassVar[type[BaseModel] | None] = ActionSpec
+    legacy_wire_key: ClassVar[str | None] = "bridge"  # profiles before `wire` said `bridge = {…}`
 
     def __init__(self, bus: BusSpec, devices: Sequence[BoundDevice]) -> None:
-        self.bus = bus
+        super().__init__(bus, devices)
         self.options: BridgeBus = bus.options
-        self.devices = list(devices)
         self.device = devices[0] if devices else None
         self.points: dict[int, tuple[str, str | None]] = {}
         if self.device is not None:
             for p in self.device.profile.points:
-                if p.bridge is not None:
-                    spec = PointSpec.model_validate(p.bridge)
+                if p.wire is not None:
+                    spec = PointSpec.model_validate(p.wire)
                     self.points[spec.id] = (p.name, spec.type)
         self.host = Host(
             self.options.port,
@@ -148,65 +144,53 @@ class BridgeDriver:
     # ---- config checks (called by `check`, no I/O) ------------------------------------
 
     @classmethod
-    def check_profile(cls, profile: Profile) -> list[tuple[str, str]]:
-        """(field, message) for every point or action the driver could not map."""
-        problems: list[tuple[str, str]] = []
-        ids: dict[int, int] = {}
+    def check_profile(cls, profile: Profile) -> Problems:
+        """The wire tables (base class), then what only this driver knows: its own points
+        and firmware action need none, the others do, and ids are unique."""
+        problems = super().check_profile(profile)
         for i, p in enumerate(profile.points):
-            if p.bridge is None:
-                if p.name not in DRIVER_POINTS:
-                    problems.append(
-                        (
-                            f"points[{i}].bridge",
-                            "a bridge point needs `bridge = { id = N }` (its point id), "
-                            f"unless it is one the driver fills: {', '.join(DRIVER_POINTS)}",
-                        )
-                    )
-                continue
-            try:
-                spec = PointSpec.model_validate(p.bridge)
-            except ValueError as e:
-                problems.append((f"points[{i}].bridge", _first_error(e)))
-                continue
-            if spec.id in ids:
+            if p.wire is None and p.name not in DRIVER_POINTS:
                 problems.append(
-                    (f"points[{i}].bridge.id", f"point id {spec.id} is also points[{ids[spec.id]}]")
+                    (
+                        f"points[{i}].wire",
+                        "a bridge point needs `wire = { id = N }` (its point id), "
+                        f"unless it is one the driver fills: {', '.join(DRIVER_POINTS)}",
+                    )
                 )
-            ids[spec.id] = i
-        action_ids: dict[int, int] = {}
         for i, a in enumerate(profile.actions):
             if a.name == FIRMWARE_ACTION:
-                if a.bridge is not None or "file" not in a.args:
+                if a.wire is not None or "file" not in a.args:
                     problems.append(
                         (
                             f"actions[{i}]",
-                            "firmware_update is the driver's own action: no `bridge` table, "
+                            "firmware_update is the driver's own action: no `wire` table, "
                             'and args = { file = { type = "str" } }',
                         )
                     )
-                continue
-            if a.bridge is None:
-                problems.append(
-                    (f"actions[{i}].bridge", "a bridge action needs `bridge = { id = N }`")
-                )
-                continue
-            try:
-                aspec = ActionSpec.model_validate(a.bridge)
-            except ValueError as e:
-                problems.append((f"actions[{i}].bridge", _first_error(e)))
-                continue
-            if aspec.id in action_ids:
-                problems.append(
-                    (
-                        f"actions[{i}].bridge.id",
-                        f"action id {aspec.id} is also actions[{action_ids[aspec.id]}]",
+            elif a.wire is None:
+                problems.append((f"actions[{i}].wire", cls.missing_wire("actions")))
+        wires = {
+            "points": [p.wire for p in profile.points],
+            "actions": [a.wire for a in profile.actions],
+        }
+        for table, entries in wires.items():
+            seen: dict[object, int] = {}
+            for i, wire in enumerate(entries):
+                ident = (wire or {}).get("id")
+                if ident is None or isinstance(ident, dict | list):
+                    continue
+                if ident in seen:
+                    problems.append(
+                        (
+                            f"{table}[{i}].wire.id",
+                            f"{table[:-1]} id {ident} is also {table}[{seen[ident]}]",
+                        )
                     )
-                )
-            action_ids[aspec.id] = i
+                seen[ident] = i
         return problems
 
     @classmethod
-    def check_device(cls, device: BoundDevice) -> list[tuple[str, str]]:
+    def check_device(cls, device: BoundDevice) -> Problems:
         if device.address is not None:
             return [("address", "a bridge node is the whole bus: remove `address`")]
         return []
@@ -300,9 +284,9 @@ class BridgeDriver:
             raise ActionError(f"{device.id} has no action {action!r}")
         if action == FIRMWARE_ACTION:
             return self._start_update(args)
-        if spec.bridge is None:
+        if spec.wire is None:
             raise ActionError(f"profile {device.profile.id!r} gives no bridge id for {action!r}")
-        action_id = ActionSpec.model_validate(spec.bridge).id
+        action_id = ActionSpec.model_validate(spec.wire).id
         values = []
         for name, arg in spec.args.items():
             if name in args:
@@ -376,7 +360,7 @@ class BridgeDriver:
         while True:
             await self.online.wait()
             try:
-                start = await self.host.update_firmware(image, version, self._progress)
+                start = await run_update(self.host, image, version, self._progress)
             except LinkDownError as e:
                 losses += 1
                 pct = self._fw_reported[1] if self._fw_reported else 0
@@ -410,15 +394,3 @@ class BridgeDriver:
             "type_mismatches": self.type_mismatches,
             "fw_updates": dict(self.fw_updates),
         }
-
-
-def _first_error(e: ValueError) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling"
-        return f"{loc}: {msg}" if loc else msg
-    return str(e)
