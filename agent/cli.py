@@ -209,6 +209,21 @@ def _client_for(config: SiteConfig, role: str) -> Any:
     return make_client(config.mqtt, client_id, config.password())
 
 
+def _serve(client: Any, config: SiteConfig, *, interrupted: int) -> int | None:
+    """Connect and run paho's loop until the callbacks disconnect: None, or the exit code
+    when it was interrupted (Ctrl-C) or could not connect."""
+    address = config.mqtt.address
+    try:
+        client.connect(address.host, address.port, keepalive=30)
+        client.loop_forever()
+    except KeyboardInterrupt:
+        return interrupted
+    except OSError as e:
+        print(f"cannot reach {config.mqtt.url}: {e}", file=sys.stderr)
+        return 1
+    return None
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
 
@@ -244,15 +259,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     client.on_connect = on_connect
     client.on_message = on_message
-    try:
-        client.connect(m.address.host, m.address.port, keepalive=30)
-        client.loop_forever()
-    except KeyboardInterrupt:
-        return 0
-    except OSError as e:
-        print(f"cannot reach {m.url}: {e}", file=sys.stderr)
-        return 1
-    return 1 if refused else 0
+    failed = _serve(client, config, interrupted=0)
+    return failed if failed is not None else (1 if refused else 0)
 
 
 def _profile_problems(path: Path) -> tuple[Profile | None, list[str]]:
@@ -381,15 +389,8 @@ def cmd_firmware(args: argparse.Namespace) -> int:
 
     client.on_connect = on_connect
     client.on_message = on_message
-    try:
-        client.connect(config.mqtt.address.host, config.mqtt.address.port, keepalive=30)
-        client.loop_forever()
-    except KeyboardInterrupt:
-        return 130
-    except OSError as e:
-        print(f"cannot reach {config.mqtt.url}: {e}", file=sys.stderr)
-        return 1
-    return outcome[0] if outcome else 1
+    failed = _serve(client, config, interrupted=130)
+    return failed if failed is not None else (outcome[0] if outcome else 1)
 
 
 def build_parser() -> argparse.ArgumentParser:

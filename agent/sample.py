@@ -57,4 +57,3 @@ class BusSpec:
     id: str
     driver: str
     options: Any = None  # an instance of the driver's bus_model
-

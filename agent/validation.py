@@ -68,3 +68,10 @@ def model_problems(model: type[BaseModel], data: object, prefix: str) -> list[tu
     except ValidationError as e:
         return problems(e, prefix)
     return []
+
+
+def one_of(value: int, allowed: tuple[int, ...], what: str) -> int:
+    """`value` if it is allowed; else a ValueError listing the choices (for validators)."""
+    if value not in allowed:
+        raise ValueError(f"{value} is not a {what}; use one of {', '.join(map(str, allowed))}")
+    return value

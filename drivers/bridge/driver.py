@@ -28,6 +28,7 @@ from agent.profiles import Profile
 from agent.sample import BoundDevice, BusSpec, Sample
 from agent.sample import Value as SampleValue
 from agent.units import Duration
+from agent.validation import one_of
 from firmware_bridge.codes import ActionStatus, NackReason
 from firmware_bridge.errors import FirmwareError, ImageRejectedError, LinkDownError, NodeNackError
 from firmware_bridge.host import Host, NodeInfo, action_status_name
@@ -62,10 +63,7 @@ class BridgeBus(BaseModel):
     @field_validator("baudrate")
     @classmethod
     def _baud(cls, v: int) -> int:
-        if v not in BAUD_RATES:
-            rates = ", ".join(map(str, BAUD_RATES))
-            raise ValueError(f"{v} is not a serial baud rate; use one of {rates}")
-        return v
+        return one_of(v, BAUD_RATES, "serial baud rate")
 
     @field_validator("silence_timeout")
     @classmethod

@@ -27,6 +27,7 @@ from agent.errors import ActionError, DriverError
 from agent.profiles import Profile
 from agent.sample import BoundDevice, BusSpec, Quality, Sample, Value
 from agent.units import Duration
+from agent.validation import one_of
 from drivers.modbus.codec import ReadBlock, Register, Write, encode, plan_reads
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,7 @@ class ModbusRtuBus(BaseModel):
     @field_validator("baudrate")
     @classmethod
     def _baud(cls, v: int) -> int:
-        if v not in BAUD_RATES:
-            rates = ", ".join(map(str, BAUD_RATES))
-            raise ValueError(f"{v} is not a serial baud rate; use one of {rates}")
-        return v
+        return one_of(v, BAUD_RATES, "serial baud rate")
 
 
 class ModbusDevice(BaseModel):
