@@ -27,10 +27,11 @@ One run:
    * `duplicates received` (ids seen twice) and `events missing` (stored before the broker
      returned and never received): both 0 without faults;
    * the agent's CPU and RSS over the drain.
-3. CEILING: the agent is stopped; raw paho QoS 1, asyncio-native (bench/throughput.py's
-   `measure_ceiling`), publishes `--messages` payloads of the same shape (the agent's own
-   encoder, another gateway name of the same length, so the subscriber tells them apart and
-   still receives them: the broker forwards as much as during the drain) to the same broker.
+3. CEILING: the agent is stopped; raw paho QoS 1, asyncio-native (`measure_ceiling` of
+   bench/throughput_ceiling.py), publishes `--messages` payloads of the same shape (the
+   agent's own encoder, another gateway name of the same length, so the subscriber tells
+   them apart and still receives them: the broker forwards as much as during the drain) to
+   the same broker.
 
 The subscriber reads with its own MQTT parser at a small share of a core (it keeps up with
 the ceiling), and is the same during drain and ceiling, so the ratio compares like with like.
@@ -38,10 +39,8 @@ the ceiling), and is the same during drain and ceiling, so the ratio compares li
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -50,30 +49,23 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import load_config
+from agent.contract import Origin
+from bench import cli
+from bench.agent_process import AgentProcess
 from bench.peers import Mosquitto, ProcStat, free_port
-from bench.report import ceiling_table, num, result_file, result_suffix, timestamp, write_json
+from bench.report import ceiling_table, num
+from bench.stats import figure_row, ms, quantile, rounded, since
 from bench.subscriber import KIND_CODE, SubscriberProcess
-from bench.summary import SystemLoad, machine, quantile
-from bench.throughput import (
-    GATEWAY,
-    SCHOOL,
-    WINDOW,
-    AgentProcess,
-    CeilingRun,
-    agent_head,
-    build_payloads,
-    env_device,
-    environment,
-    measure_ceiling,
-    write_profile,
-)
+from bench.summary import SystemLoad, environment, machine
+from bench.throughput_ceiling import CeilingRun, build_payloads, measure_ceiling
+from bench.throughput_config import ORIGIN, WINDOW, agent_head, env_device, write_profile
 
 CEILING_GATEWAY = "gw-ceil0"  # as long as GATEWAY: the same payload bytes
-BASE = f"campus/v1/{SCHOOL}/{GATEWAY}"
-CEILING_BASE = f"campus/v1/{SCHOOL}/{CEILING_GATEWAY}"
+BASE = ORIGIN.base
+CEILING = Origin(ORIGIN.prefix, ORIGIN.school, CEILING_GATEWAY)
 ALARM = KIND_CODE["alarm"]
 
-# After bench.throughput's AGENT_HEAD and, while filling, its env device (the fast one).
+# After bench.throughput_config's AGENT_HEAD and, while filling, its env device (the fast one).
 FENCE = """
 [[buses]]
 id = "fence"
@@ -86,6 +78,11 @@ bus = "fence"
 poll_interval = "{fence_poll:g}s"
 alarm_every = "{alarm_every:g}s"
 """
+
+DESCRIPTION = (  # of --help
+    "Backlog drain after a broker outage: rate vs raw paho, alarm delay "
+    "during the drain, time to empty, duplicates."
+)
 
 
 @dataclass
@@ -139,7 +136,9 @@ class DrainRun:
 # ---- config ----------------------------------------------------------------------------------
 
 
-def write_config(folder: Path, url: str, p: Params, *, fast: bool, gateway: str = GATEWAY) -> Path:
+def write_config(
+    folder: Path, url: str, p: Params, *, fast: bool, gateway: str = ORIGIN.gateway
+) -> Path:
     """The agent's config; `fast=False` is the same without the fast device (after SIGHUP)."""
     folder.mkdir(parents=True, exist_ok=True)
     profiles = write_profile(folder / "profiles").parent
@@ -196,8 +195,7 @@ def fill(agent: AgentProcess, p: Params) -> tuple[dict[str, Any], float | None, 
 def stop_producing(agent: AgentProcess, folder: Path, url: str, p: Params) -> dict[str, Any]:
     """Rewrite the config without the fast device, SIGHUP, wait until ingest settles."""
     write_config(folder, url, p, fast=False)
-    assert agent.proc is not None  # noqa: S101 - started by the caller
-    os.kill(agent.proc.pid, signal.SIGHUP)
+    os.kill(agent.pid, signal.SIGHUP)
     doc = _status(agent, 0.0)
     while int(doc.get("reloads", 0)) < 1:
         if doc.get("last_reload_error"):
@@ -216,7 +214,7 @@ def run_once(work: Path, p: Params, payloads: tuple[str, list[bytes]] | None) ->
     broker = Mosquitto(port=port)
     url = f"mqtt://{broker.host}:{port}"
     agent = AgentProcess(write_config(work / "agent", url, p, fast=True))
-    sub = SubscriberProcess(port, BASE, work / "sub", also=(f"{CEILING_BASE}/#",))
+    sub = SubscriberProcess(port, BASE, work / "sub", also=(CEILING.everything,))
     ceiling: CeilingRun | None = None
     exit_code: int | None = None
     try:
@@ -310,8 +308,8 @@ def analyse(
     first_any = min(recv) if len(recv) else None
     first_stored = min((r for _, r in stored), default=None)
     drain_end = max((r for _, r in stored), default=None)
-    since = next((d["broker"]["since"] for d, _ in docs if d["broker"]["connected"]), None)
-    connected_at = float(since) if since is not None else None
+    connected = next((d["broker"]["since"] for d, _ in docs if d["broker"]["connected"]), None)
+    connected_at = float(connected) if connected is not None else None
 
     # Status-based rate: between documents written after the connection while the backlog
     # was not yet empty (a document written after the end would dilute the rate).
@@ -350,33 +348,30 @@ def analyse(
         elif sampled >= t_up:
             before += 1
 
-    def ms(x: float | None) -> float | None:
-        return None if x is None else round(1000 * x, 1)
-
     last_doc = docs[-1][0] if docs else {}
     ratio = round(rate / ceiling.acked_per_s, 3) if ceiling and ceiling.acked_per_s else None
     return DrainRun(
         backlog=backlog,
         backlog_last_seq=last_seq,
-        fill_committed_per_s=None if fill[0] is None else round(fill[0], 1),
-        fill_s=None if fill[1] is None else round(fill[1], 1),
-        reconnect_s=None if connected_at is None else round(connected_at - t_up, 3),
-        first_event_s=None if first_any is None else round(first_any - t_up, 3),
-        empty_s=None if drain_end is None else round(drain_end - t_up, 3),
-        drain_acked_per_s=None if acked_rate is None else round(acked_rate, 1),
-        drain_received_per_s=None if received_rate is None else round(received_rate, 1),
+        fill_committed_per_s=rounded(fill[0], 1),
+        fill_s=rounded(fill[1], 1),
+        reconnect_s=since(connected_at, t_up, 3),
+        first_event_s=since(first_any, t_up, 3),
+        empty_s=since(drain_end, t_up, 3),
+        drain_acked_per_s=rounded(acked_rate, 1),
+        drain_received_per_s=rounded(received_rate, 1),
         drain_per_s=round(rate, 1),
         drain_source=source,
         alarms=len(delays),
-        alarm_p50_ms=ms(quantile(delays, 0.5)),
-        alarm_p99_ms=ms(quantile(delays, 0.99)),
-        alarm_max_ms=ms(max(delays, default=None)),
+        alarm_p50_ms=ms(quantile(delays, 0.5), 1),
+        alarm_p99_ms=ms(quantile(delays, 0.99), 1),
+        alarm_max_ms=ms(max(delays, default=None), 1),
         alarms_before_reconnect=before,
         received=int(result.get("count", 0)),
         duplicates=int(result.get("duplicates", 0)),
         missing=last_seq - unique_stored,
         connects=int(last_doc.get("broker", {}).get("connects", 0)),
-        cpu_percent=None if cpu is None else round(cpu, 1),
+        cpu_percent=rounded(cpu, 1),
         rss_mib_peak=round(max(rss), 1),
         subscriber_late=connected_at is not None and sub_ready > connected_at,
         system=system,
@@ -392,20 +387,8 @@ def analyse(
 def _row(
     name: str, unit: str, xs: list[float | None], ceilings: list[float] | None = None
 ) -> dict[str, Any]:
-    pairs = [(x, c) for x, c in zip(xs, ceilings or [None] * len(xs), strict=True) if x is not None]
-    vals = [x for x, _ in pairs]
-    row: dict[str, Any] = {"figure": name, "unit": unit, "median": None, "min": None, "max": None}
-    row.update({"ceiling_median": None, "ratio": None, "runs": len(vals)})
-    if vals:
-        row.update(
-            median=round(statistics.median(vals), 3),
-            min=round(min(vals), 3),
-            max=round(max(vals), 3),
-        )
-    if ceilings and pairs:
-        row["ceiling_median"] = round(statistics.median(ceilings), 1)
-        row["ratio"] = round(statistics.median(x / c for x, c in pairs if c), 3)
-    return row
+    """A figure row (its ratio to the ceilings of the same runs, if given), and its runs."""
+    return {**figure_row(name, unit, xs, ceilings), "runs": sum(x is not None for x in xs)}
 
 
 def figures(runs: list[DrainRun]) -> list[dict[str, Any]]:
@@ -469,19 +452,10 @@ def summary(r: DrainRun) -> str:
 
 
 def parse_args(argv: list[str] | None) -> Params:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench drain",
-        description="Backlog drain after a broker outage: rate vs raw paho, alarm delay "
-        "during the drain, time to empty, duplicates.",
-    )
-    ap.add_argument("--runs", type=int, default=3, help="runs (fill, drain, ceiling); 3")
+    ap = cli.Parser("drain", DESCRIPTION, runs="fill, drain, ceiling")
     ap.add_argument("--events", type=int, default=500_000, help="backlog to build; 500000")
-    ap.add_argument(
-        "--messages", type=int, default=100_000, help="ceiling payloads per run; 100000"
-    )
-    ap.add_argument(
-        "--rate", type=float, default=200_000, help="fast device readings/s while filling"
-    )
+    ap.messages()
+    ap.rate("fast device readings/s while filling")
     ap.add_argument("--alarm-every", type=float, default=0.5, help="fence alarm toggle, s; 0.5")
     ap.add_argument("--fence-poll", type=float, default=0.1, help="fence poll period, s; 0.1")
     ap.add_argument(
@@ -490,34 +464,16 @@ def parse_args(argv: list[str] | None) -> Params:
         default=None,
         help="the agent's [mqtt] reconnect_max, s (default: the agent's own, 60 s)",
     )
-    ap.add_argument("--window", type=int, default=WINDOW, help=f"in-flight window; {WINDOW}")
-    ap.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version; 5")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 run, 20000 events")
-    ap.add_argument("--out", type=Path, default=None, help="JSON file (results/drain.json)")
-    a = ap.parse_args(argv)
-    if a.quick:
-        a.runs, a.events, a.messages = 1, 20_000, 5_000
+    ap.mqtt(WINDOW)
+    ap.last("1 run, 20000 events")
+    a = ap.parse(argv, quick={"runs": 1, "events": 20_000, "messages": 5_000})
     if a.runs < 1 or a.events < 1 or a.messages < 0:
         ap.error("--runs and --events must be >= 1")
-    return Params(
-        runs=a.runs,
-        events=a.events,
-        messages=a.messages,
-        rate=a.rate,
-        alarm_every=a.alarm_every,
-        fence_poll=a.fence_poll,
-        reconnect_max=a.reconnect_max,
-        window=a.window,
-        protocol=a.protocol,
-        quick=a.quick,
-        out=a.out,
-    )
+    return cli.params(Params, a)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parse_args(argv)
-    out = p.out or result_file("drain", result_suffix(p.quick))
-    started = timestamp()
+def measure(p: Params) -> cli.Measured:
+    """The runs, each on its own broker; the table and the result file."""
     runs: list[DrainRun] = []
     print(
         f"drain: {p.runs} run(s): {p.events:,} events stored with the broker down, then the "
@@ -546,16 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     rows = figures(runs)
-    print()
-    print(table(rows))
     doc: dict[str, Any] = {
-        "benchmark": "drain",
-        "started": started,
-        "params": {
-            **asdict(p),
-            "out": str(out),
-            "payload_bytes": len(payloads[1][0]) if payloads else None,
-        },
         "environment": {**environment(), **machine()},
         "figures": rows,
         "runs": [
@@ -566,9 +513,13 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs
         ],
     }
-    write_json(out, doc)
-    print(f"\nwritten: {out}")
-    return 0
+    payload_bytes = len(payloads[1][0]) if payloads else None
+    return cli.Measured(table(rows), doc, params={"payload_bytes": payload_bytes})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the table, write results/drain.json."""
+    return cli.main("drain", parse_args(argv), measure)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,6 @@ bound of, sample -> PUBACK.
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -37,32 +35,18 @@ from typing import Any
 
 import orjson
 
+from bench import cli
+from bench.agent_process import AgentProcess
 from bench.peers import Mosquitto, ProcStat
-from bench.report import (
-    figure_cells,
-    fixed_table,
-    num,
-    result_file,
-    result_suffix,
-    timestamp,
-    write_json,
-)
+from bench.report import figure_cells, fixed_table, num, result_suffix
+from bench.stats import figure_row, median, ms, quantile
 from bench.subscriber import KIND_CODE, Stamps, SubscriberProcess
-from bench.summary import SystemLoad, machine, quantile
-from bench.throughput import (
-    GATEWAY,
-    SCHOOL,
-    WINDOW,
-    AgentProcess,
-    agent_head,
-    env_device,
-    environment,
-    write_profile,
-)
+from bench.summary import SystemLoad, environment, machine
+from bench.throughput_config import ORIGIN, WINDOW, agent_head, env_device, write_profile
 from bench.wire import Capture, describe
 
-BASE = f"campus/v1/{SCHOOL}/{GATEWAY}"
-CLIENT_ID = f"{SCHOOL}.{GATEWAY}"  # the agent's default client id
+BASE = ORIGIN.base
+CLIENT_ID = f"{ORIGIN.school}.{ORIGIN.gateway}"  # the agent's default client id
 TELEMETRY = KIND_CODE["telemetry"]
 
 
@@ -77,6 +61,12 @@ class NoDelayMosquitto(Mosquitto):
         conf = super()._write_conf(d)
         conf.write_text("set_tcp_nodelay true\n" + conf.read_text())
         return conf
+
+
+DESCRIPTION = (  # of --help
+    "sample -> PUBACK / subscriber latency and CPU at steady rates; idle CPU; "
+    "start-up time to the first PUBACK."
+)
 
 
 @dataclass
@@ -117,6 +107,15 @@ class SteadyRun:
     capture: dict[str, Any] | None = None
     system: dict[str, Any] | None = None  # the whole machine over the window (SystemLoad)
 
+    def line(self) -> str:
+        return (
+            f"{self.events_per_s:,.0f} events/s, sample->PUBACK p50/p99 "
+            f"{num(self.puback_p50_ms)}/{num(self.puback_p99_ms)} ms, ->subscriber p50/p99 "
+            f"{num(self.sub_p50_ms)}/{num(self.sub_p99_ms)} ms, CPU {self.cpu_percent:.1f}%, "
+            f"RSS {self.rss_mib_peak:.1f} MiB; machine busy "
+            f"{(self.system or {}).get('busy_percent')}%"
+        )
+
 
 @dataclass
 class IdleRun:
@@ -126,12 +125,24 @@ class IdleRun:
     events: int
     system: dict[str, Any] | None = None
 
+    def line(self) -> str:
+        return (
+            f"CPU {self.cpu_percent:.2f}% over {self.window_s:g}s ({self.events} events), "
+            f"RSS {self.rss_mib:.1f} MiB"
+        )
+
 
 @dataclass
 class StartupRun:
     connack_s: list[float | None] = field(default_factory=list)
     puback_s: list[float | None] = field(default_factory=list)
     subscriber_s: list[float | None] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"CONNACK {self.connack_s} s, first PUBACK {self.puback_s} s, "
+            f"at subscriber {self.subscriber_s} s"
+        )
 
 
 # ---- the agent's config --------------------------------------------------------------------
@@ -151,10 +162,6 @@ def write_config(folder: Path, url: str, p: Params, *, rate: float | None, poll:
     cfg = folder / "agent.toml"
     cfg.write_text(head + env_device(device))
     return cfg
-
-
-def _ms(x: float | None) -> float | None:
-    return None if x is None else round(1000 * x, 2)
 
 
 def _wait(what: str, check: Any, timeout: float, agent: AgentProcess | None = None) -> Any:
@@ -217,14 +224,14 @@ def run_steady(
         rate=rate,
         window_s=round(t1 - t0, 3),
         events_per_s=round(len(lats) / (t1 - t0), 1),
-        sub_p50_ms=_ms(quantile(lats, 0.5)),
-        sub_p99_ms=_ms(quantile(lats, 0.99)),
-        sub_max_ms=_ms(max(lats, default=None)),
-        puback_p50_ms=_ms(quantile(puback, 0.5)),
-        puback_p99_ms=_ms(quantile(puback, 0.99)),
-        puback_max_ms=_ms(max(puback, default=None)),
-        publish_p50_ms=_ms(quantile(publish, 0.5)),
-        publish_p99_ms=_ms(quantile(publish, 0.99)),
+        sub_p50_ms=ms(quantile(lats, 0.5), 2),
+        sub_p99_ms=ms(quantile(lats, 0.99), 2),
+        sub_max_ms=ms(max(lats, default=None), 2),
+        puback_p50_ms=ms(quantile(puback, 0.5), 2),
+        puback_p99_ms=ms(quantile(puback, 0.99), 2),
+        puback_max_ms=ms(max(puback, default=None), 2),
+        publish_p50_ms=ms(quantile(publish, 0.5), 2),
+        publish_p99_ms=ms(quantile(publish, 0.99), 2),
         paired=len(puback),
         cpu_percent=round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
         rss_mib_peak=round(max(rss), 1),
@@ -313,20 +320,12 @@ def run_startups(broker: Mosquitto, folder: Path, p: Params, capture: Capture | 
 
 
 def _row(name: str, unit: str, xs: list[float | None], n: int | None = None) -> dict[str, Any]:
-    vals = [x for x in xs if x is not None]
-    if not vals:
-        return {"figure": name, "unit": unit, "median": None, "min": None, "max": None}
-    return {
-        "figure": name,
-        "unit": unit,
-        "median": round(statistics.median(vals), 3),
-        "min": round(min(vals), 3),
-        "max": round(max(vals), 3),
-        "ceiling_median": None,
-        "ratio": None,
-        "runs": len(vals),
-        **({"samples": n} if n is not None else {}),
-    }
+    """A figure row over the runs that measured it (`n`: the samples behind it, if told)."""
+    row = figure_row(name, unit, xs)
+    if row["median"] is None:  # no run measured it: the figure and its unit only
+        return {k: row[k] for k in ("figure", "unit", "median", "min", "max")}
+    runs = sum(x is not None for x in xs)
+    return {**row, "runs": runs, **({"samples": n} if n is not None else {})}
 
 
 def _label(rate: float) -> str:
@@ -362,15 +361,14 @@ def figures(
         _row("idle: agent CPU", "%", [r.cpu_percent for r in idle]),
         _row("idle: agent RSS", "MiB", [r.rss_mib for r in idle]),
     ]
-
-    def med(xs: list[float | None]) -> float | None:
-        vals = [x for x in xs if x is not None]
-        return statistics.median(vals) if vals else None
-
     rows += [
-        _row("start-up -> CONNACK (wire)", "s", [med(s.connack_s) for s in startups]),
-        _row("start-up -> first PUBACK (wire)", "s", [med(s.puback_s) for s in startups]),
-        _row("start-up -> first event at subscriber", "s", [med(s.subscriber_s) for s in startups]),
+        _row("start-up -> CONNACK (wire)", "s", [median(s.connack_s) for s in startups]),
+        _row("start-up -> first PUBACK (wire)", "s", [median(s.puback_s) for s in startups]),
+        _row(
+            "start-up -> first event at subscriber",
+            "s",
+            [median(s.subscriber_s) for s in startups],
+        ),
     ]
     return rows
 
@@ -384,14 +382,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> Params:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench latency",
-        description="sample -> PUBACK / subscriber latency and CPU at steady rates; idle CPU; "
-        "start-up time to the first PUBACK.",
-    )
-    ap.add_argument("--runs", type=int, default=3, help="runs (each: every phase); 3")
-    ap.add_argument("--seconds", type=float, default=30.0, help="measured window per rate; 30")
-    ap.add_argument("--warmup", type=float, default=2.0, help="seconds after the first event; 2")
+    ap = cli.Parser("latency", DESCRIPTION, runs="each: every phase")
+    ap.seconds(30.0, "measured window per rate")
+    ap.warmup(2.0, "seconds after the first event")
     ap.add_argument(
         "--rates",
         type=lambda s: [float(x) for x in s.split(",")],
@@ -401,8 +394,7 @@ def parse_args(argv: list[str] | None) -> Params:
     ap.add_argument("--idle-seconds", type=float, default=30.0, help="idle window; 30")
     ap.add_argument("--idle-interval", type=float, default=10.0, help="idle poll period; 10")
     ap.add_argument("--startups", type=int, default=3, help="start-ups per run; 3")
-    ap.add_argument("--window", type=int, default=WINDOW, help=f"in-flight window; {WINDOW}")
-    ap.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version; 5")
+    ap.mqtt(WINDOW)
     ap.add_argument(
         "--no-capture", action="store_true", help="no packet capture (no PUBACK figures)"
     )
@@ -411,36 +403,22 @@ def parse_args(argv: list[str] | None) -> Params:
         action="store_true",
         help="the broker with `set_tcp_nodelay true` (mosquitto's default is Nagle on)",
     )
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 run, 3 s, 1 start-up")
-    ap.add_argument("--out", type=Path, default=None, help="JSON file (results/latency.json)")
-    a = ap.parse_args(argv)
+    ap.last("1 run, 3 s, 1 start-up")
+    quick = {"runs": 1, "seconds": 3.0, "warmup": 1.0, "idle_seconds": 3.0, "startups": 1}
+    a = ap.parse(argv, quick=quick)
     if a.quick:
-        a.runs, a.seconds, a.warmup, a.idle_seconds, a.startups = 1, 3.0, 1.0, 3.0, 1
         a.idle_interval = min(a.idle_interval, 2.0)
     if a.runs < 1 or a.seconds < 1 or a.startups < 0 or not a.rates:
         ap.error("--runs and --seconds must be >= 1, --rates not empty")
-    return Params(
-        runs=a.runs,
-        seconds=a.seconds,
-        warmup=a.warmup,
-        rates=a.rates,
-        idle_seconds=a.idle_seconds,
-        idle_interval=a.idle_interval,
-        startups=a.startups,
-        window=a.window,
-        protocol=a.protocol,
-        capture=not a.no_capture,
-        nodelay=a.nodelay,
-        quick=a.quick,
-        out=a.out,
-    )
+    return cli.params(Params, a, capture=not a.no_capture)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parse_args(argv)
-    suffix = result_suffix(p.quick) + ("-nodelay" if p.nodelay else "")
-    out = p.out or result_file("latency", suffix)
-    started = timestamp()
+def _say(i: int, p: Params, phase: str, line: str) -> None:
+    print(f"  run {i + 1}/{p.runs} {phase}: {line}", flush=True)
+
+
+def measure(p: Params) -> cli.Measured:
+    """The runs, every phase of each, on one broker; the table and the result file."""
     no_capture = Capture.available() if p.capture else "--no-capture"
     if no_capture is not None and p.capture:
         print(f"latency: {no_capture}: no PUBACK figures", file=sys.stderr, flush=True)
@@ -470,34 +448,18 @@ def main(argv: list[str] | None = None) -> int:
                     s = run_steady(broker, work / f"run{i + 1}-{rate:g}", rate, p, capture)
                     steady[rate].append(s)
                     run["steady"].append(asdict(s))
-                    print(
-                        f"  run {i + 1}/{p.runs} {_label(rate)}: {s.events_per_s:,.0f} events/s, "
-                        f"sample->PUBACK p50/p99 {num(s.puback_p50_ms)}/"
-                        f"{num(s.puback_p99_ms)} ms, ->subscriber p50/p99 "
-                        f"{num(s.sub_p50_ms)}/{num(s.sub_p99_ms)} ms, CPU {s.cpu_percent:.1f}%, "
-                        f"RSS {s.rss_mib_peak:.1f} MiB; machine busy "
-                        f"{(s.system or {}).get('busy_percent')}%",
-                        flush=True,
-                    )
+                    _say(i, p, _label(rate), s.line())
                     if capture is not None:
                         capture.exchanges.clear()
                 d = run_idle(broker, work / f"run{i + 1}-idle", p)
                 idle.append(d)
                 run["idle"] = asdict(d)
-                print(
-                    f"  run {i + 1}/{p.runs} idle: CPU {d.cpu_percent:.2f}% over "
-                    f"{d.window_s:g}s ({d.events} events), RSS {d.rss_mib:.1f} MiB",
-                    flush=True,
-                )
+                _say(i, p, "idle", d.line())
                 if p.startups:
                     st = run_startups(broker, work / f"run{i + 1}-startup", p, capture)
                     startups.append(st)
                     run["startup"] = asdict(st)
-                    print(
-                        f"  run {i + 1}/{p.runs} start-up: CONNACK {st.connack_s} s, "
-                        f"first PUBACK {st.puback_s} s, at subscriber {st.subscriber_s} s",
-                        flush=True,
-                    )
+                    _say(i, p, "start-up", st.line())
             finally:
                 if capture is not None:
                     capture.stop()
@@ -505,21 +467,22 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  warning: capture: {capture.error}", file=sys.stderr)
             runs.append(run)
     rows = figures(steady, idle, startups)
-    print()
-    print(table(rows))
     doc: dict[str, Any] = {
-        "benchmark": "latency",
-        "started": started,
-        "params": {**asdict(p), "out": str(out), "capture": no_capture is None},
         "environment": {**environment(), **machine()},
         "figures": rows,
         "runs": runs,
     }
     if no_capture is not None:
         doc["no_capture"] = no_capture
-    write_json(out, doc)
-    print(f"\nwritten: {out}")
-    return 0
+    return cli.Measured(table(rows), doc, params={"capture": no_capture is None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the table, write results/latency.json (-nodelay after
+    --nodelay)."""
+    p = parse_args(argv)
+    suffix = result_suffix(p.quick) + ("-nodelay" if p.nodelay else "")
+    return cli.main("latency", p, measure, suffix=suffix)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,12 @@ def fixed_table(
     return "\n".join(line.rstrip() for line in lines)
 
 
+def pairs_table(rows: Sequence[tuple[str, Any]], value: Callable[[Any], str] = str) -> str:
+    """Label and value, one pair a line, indented two spaces, the values in one column."""
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"  {label:<{width}}  {value(v)}" for label, v in rows)
+
+
 def figure_cells(
     r: dict[str, Any], number: Callable[[float | None], str] = num
 ) -> tuple[str, str, str]:

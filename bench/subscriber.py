@@ -41,7 +41,8 @@ from typing import Any
 
 import orjson
 
-from bench.peers import read_json, stop_process
+from tests.harness.process import ROOT, PeerFailedError, read_json, stop_process
+from tests.harness.waiting import wait_for, wait_quiet
 
 KINDS = ("alarm", "access", "audit", "state", "telemetry")
 KIND_CODE = {k: i for i, k in enumerate(KINDS)}
@@ -327,41 +328,33 @@ class SubscriberProcess:
         for f in self.also:
             cmd += ["--also", f]
         with (self.folder / "subscriber.log").open("wb") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent
-            )
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def _json(self, name: str) -> dict[str, Any] | None:
         return read_json(self.folder / name)
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         """The time of its SUBACK (wall clock), once it has one."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def ready() -> dict[str, Any] | None:
             doc = self._json("ready")
-            if doc is not None:
-                return float(doc["time"])
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"subscriber exited: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"subscriber not subscribed within {timeout:g}s")
-            time.sleep(0.005)
+            if doc is None and (self.proc is None or self.proc.poll() is not None):
+                raise PeerFailedError(f"subscriber exited: {self.log_tail()}")
+            return doc
+
+        return float(wait_for(ready, timeout, "the subscriber's SUBACK", every=0.005)["time"])
 
     def progress(self) -> dict[str, Any]:
         return self._json("progress.json") or {"count": 0, "other": 0, "last": None}
 
     def wait_quiet(self, *, count: int = 0, quiet: float = 0.5, timeout: float = 60.0) -> None:
         """Wait until it has `count` events of the agent and nothing new came for `quiet` s."""
-        deadline = time.monotonic() + timeout
-        last, since = None, time.monotonic()
-        while time.monotonic() < deadline:
+
+        def seen() -> tuple[Any, Any]:
             doc = self.progress()
-            seen = (doc.get("count"), doc.get("other"))
-            if seen != last:
-                last, since = seen, time.monotonic()
-            elif int(doc.get("count") or 0) >= count and time.monotonic() - since >= quiet:
-                return
-            time.sleep(0.05)
+            return doc.get("count"), doc.get("other")
+
+        wait_quiet(seen, quiet, timeout, until=lambda s: int(s[0] or 0) >= count)
 
     def log_tail(self, limit: int = 2000) -> str:
         try:

@@ -10,8 +10,10 @@ import subprocess
 from datetime import UTC, datetime
 
 import pytest
-from conftest import ROOT, need, wait_for
-from modbus_peers import PtyPair
+
+from tests.harness.process import ROOT, need
+from tests.harness.pty import PtyPair
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 C_DIR = ROOT / "firmware_bridge" / "c"

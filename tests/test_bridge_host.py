@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, wait_for
-from modbus_peers import PtyPair
 
 from firmware_bridge.errors import ImageRejectedError
 from firmware_bridge.host import Host, NodeInfo
 from firmware_bridge.messages import Point
 from firmware_bridge.update import run_update
+from tests.harness.process import ROOT
+from tests.harness.pty import PtyPair
+from tests.harness.waiting import wait_for
 
 CMD = "campus/v1/pt-023/gw-main/cmd/"
 
@@ -291,6 +292,20 @@ def fw_states(sub, dev: str) -> list[str]:
     return [e["fw_state"] for e in states(sub, dev) if "fw_state" in e]
 
 
+def updating_agent(make_agent, broker, sub, line, fw_dir, *, device, profile):
+    """An agent whose bridge bus may send images from fw_dir to `device`, online and
+    connected; the profile's category allowlists its firmware_update."""
+    category = {"campus-fence-node": "fence", "campus-sensor-node": "env"}[profile]
+    agent = make_agent(
+        broker.url,
+        bridge_bus(line.b, f'firmware_dir = "{fw_dir}"') + bridge_device(device, profile),
+        allow=f'["{category}.firmware_update"]',
+    )
+    wait_for(lambda: [e for e in states(sub, device) if e["online"]], 15, "online")
+    agent.wait_status(lambda s: s["broker"]["connected"], 10, "connected")
+    return agent
+
+
 @pytest.mark.slow
 def test_firmware_update_interrupted_by_a_pulled_cable_resumes_and_is_reported(  # noqa: PLR0917 - fixtures
     tmp_path, line, node, broker, subscribers, make_agent
@@ -301,14 +316,9 @@ def test_firmware_update_interrupted_by_a_pulled_cable_resumes_and_is_reported( 
     (fw_dir / "fence-2.0.0.bin").write_bytes(image)
     sim = node("fence", "--alarm-every", "0")
     sub = subscribers(broker)
-    agent = make_agent(
-        broker.url,
-        bridge_bus(line.b, f'firmware_dir = "{fw_dir}"')
-        + bridge_device("gate-fence", "campus-fence-node"),
-        allow='["fence.firmware_update"]',
+    agent = updating_agent(
+        make_agent, broker, sub, line, fw_dir, device="gate-fence", profile="campus-fence-node"
     )
-    wait_for(lambda: [e for e in states(sub, "gate-fence") if e["online"]], 15, "online")
-    agent.wait_status(lambda s: s["broker"]["connected"], 10, "connected")
     sub.publish(
         CMD + "gate-fence",
         command(
@@ -369,21 +379,16 @@ def test_firmware_cli_starts_an_update_and_shows_its_progress(  # noqa: PLR0917 
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from tests.harness.process import ROOT
 
     fw_dir = tmp_path / "firmware"
     fw_dir.mkdir()
     (fw_dir / "sensor-1.1.0.bin").write_bytes(os.urandom(12_000))
     node("sensor", "--data-every", "1")
     sub = subscribers(broker)
-    agent = make_agent(
-        broker.url,
-        bridge_bus(line.b, f'firmware_dir = "{fw_dir}"')
-        + bridge_device("a101-node", "campus-sensor-node"),
-        allow='["env.firmware_update"]',
+    agent = updating_agent(
+        make_agent, broker, sub, line, fw_dir, device="a101-node", profile="campus-sensor-node"
     )
-    wait_for(lambda: [e for e in states(sub, "a101-node") if e["online"]], 15, "online")
-    agent.wait_status(lambda s: s["broker"]["connected"], 10, "connected")
     r = subprocess.run(
         [
             sys.executable,

@@ -8,25 +8,14 @@ envelope, result codes and topics the contract module produces.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 
 from agent import contract, schema
-from agent.contract import (
-    COMMAND_CODES,
-    ENVELOPE,
-    EVENT_KINDS,
-    Code,
-    CommandOutcome,
-    Kind,
-    NewEvent,
-    Origin,
-    Result,
-    encode,
-    reply_document,
-)
+from agent.contract import ENVELOPE, Code, Kind, NewEvent, Origin
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where the product and its tools live; tests are exempt (they spell the contract out).
@@ -59,7 +48,7 @@ def _topic_literals(tree: ast.AST) -> list[tuple[int, str]]:
             text = "".join(p.value if isinstance(p, ast.Constant) else "{}" for p in parts)
             if text.startswith("/"):
                 continue  # a file system path (/proc/{pid}/status), not a topic
-            for before, part in zip(parts, parts[1:], strict=False):
+            for before, part in itertools.pairwise(parts):
                 if not isinstance(before, ast.FormattedValue) or not isinstance(part, ast.Constant):
                     continue
                 level = str(part.value).removeprefix("/").split("/")[0]
@@ -104,7 +93,7 @@ def test_origin_builds_every_topic_of_the_contract() -> None:
 
 
 def test_schema_envelope_is_the_contract_envelope() -> None:
-    for kind in EVENT_KINDS:
+    for kind in contract.EVENT_KINDS:
         props = schema.schemas()[schema.event_file(kind)]["properties"]
         assert [k for k in props if k in ENVELOPE] == list(ENVELOPE)
 
@@ -112,17 +101,19 @@ def test_schema_envelope_is_the_contract_envelope() -> None:
 def test_encoded_event_carries_exactly_the_envelope_and_its_body() -> None:
     o = Origin("campus/v1", "pt-023", "gw-main")
     ev = NewEvent(Kind.ALARM, "north", "fence", "p", 1.5, {"alarm": "zone", "seq": 9}, None, True)
-    doc = json.loads(encode(o, ev, 7, "id-1"))
+    doc = json.loads(contract.encode(o, ev, 7, "id-1"))
     assert [k for k in doc if k in ENVELOPE] == [k for k in ENVELOPE if k != "location"]
     assert doc["seq"] == 7  # a body field never overwrites the envelope
     assert contract.body_of(doc) == {"alarm": "zone"}
 
 
 def test_every_result_code_has_one_result_and_the_schema_lists_them() -> None:
-    codes = [c for group in COMMAND_CODES.values() for c in group]
+    codes = [c for group in contract.COMMAND_CODES.values() for c in group]
     assert sorted(codes) == sorted(Code)
     reply = schema.schemas()["command-reply.json"]["properties"]
     assert reply["code"]["enum"] == codes
-    assert reply["result"]["enum"] == list(Result)
-    doc = json.loads(reply_document(CommandOutcome(Code.REPLAYED, "again"), "c1", "d", "arm"))
+    assert reply["result"]["enum"] == list(contract.Result)
+    doc = json.loads(
+        contract.reply_document(contract.CommandOutcome(Code.REPLAYED, "again"), "c1", "d", "arm")
+    )
     assert (doc["result"], doc["code"]) == ("rejected", "replayed")

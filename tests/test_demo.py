@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+from tests.harness.process import ROOT
 
 pytestmark = pytest.mark.slow
 

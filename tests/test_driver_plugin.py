@@ -104,7 +104,9 @@ def install_plugin(site: Path) -> dict[str, str]:
     (pkg / "__init__.py").write_text(DRIVER)
     info = site / "campus_lab_counter-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: campus-lab-counter\nVersion: 1.0\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: campus-lab-counter\nVersion: 1.0\n"
+    )
     (info / "entry_points.txt").write_text(
         "[campus_agent.drivers]\nlab-counter = campus_lab_counter:CounterDriver\n"
     )

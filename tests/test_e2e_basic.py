@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import env_device, fence_device, wait_for
+from tests.harness.agent import env_device, fence_device
+from tests.harness.waiting import wait_for
 
 
 def test_events_arrive_with_contract_topics(broker, subscribers, make_agent):

@@ -6,9 +6,11 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import env_device, fence_device, wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from tests.harness.agent import env_device, fence_device
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,9 @@ import time
 from collections import defaultdict
 
 import pytest
-from conftest import env_device, fence_device, wait_for
+
+from tests.harness.agent import env_device, fence_device
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

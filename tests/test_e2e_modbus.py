@@ -9,11 +9,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-from modbus_peers import ModbusSim, PtyPair
 
 from agent.profiles import load_profile_file, shipped_profiles
 from drivers.modbus.codec import Register, plan_reads
+from tests.harness.modbus import ModbusSim
+from tests.harness.pty import PtyPair
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 VECTORS = Path(__file__).parent / "vectors"
@@ -94,7 +95,7 @@ def test_sensor_meter_and_fence_over_tcp_publish_their_values(
 
 def test_block_reads_are_coalesced_and_counted_at_the_server(tmp_path, broker, make_agent):
     profile = load_profile_file(shipped_profiles()["eastron-sdm630"])
-    points = [(p.name, Register.model_validate(p.reg)) for p in profile.points]
+    points = [(p.name, Register.model_validate(p.wire)) for p in profile.points]
     blocks = plan_reads(points, profile.defaults.max_gap)
     assert len(blocks) < len(points)
     sim = ModbusSim(tmp_path / "sim", {5: vector("eastron-sdm630")})

@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, env_device, fence_device, wait_for
+
+from tests.harness.agent import env_device, fence_device
+from tests.harness.process import ROOT
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, Broker, env_device, fence_device, wait_for
+
+from tests.harness.agent import env_device, fence_device
+from tests.harness.broker import Broker
+from tests.harness.process import ROOT
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +126,7 @@ def test_puback_failure_keeps_event_stored_and_status_says_why(
 
 @pytest.fixture
 def ipv6_broker(tmp_path):
-    b = Broker(tmp_path / "broker6", host="::1", extra="allow_anonymous true")
+    b = Broker(tmp_path / "broker6", host="::1", persistent=True)
     b.start()
     yield b
     b.stop()

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from agent.events import Kind, NewEvent, Origin, encode, rfc3339, uuid7
+from agent.contract import Kind, NewEvent, Origin, encode, rfc3339, uuid7
 from agent.points import DevicePoints
 from agent.profiles import load_profile_file
 from agent.sample import BoundDevice, Quality, Sample

@@ -8,17 +8,19 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
-from modbus_peers import ModbusSim, PtyPair
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from drivers.modbus.simulator import SimulatedUnit, Stats, load_cases
+from tests.harness.modbus import ModbusSim
+from tests.harness.process import ROOT
+from tests.harness.pty import PtyPair
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -120,15 +122,6 @@ async def read_fence(client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> 
     rr = await client.read_discrete_inputs(0, count=8, device_id=FENCE)
     assert not rr.isError(), rr
     return list(rr.bits[:8])
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Await `check()` until it is true, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_tcp_serves_the_first_case_of_each_vector_file(

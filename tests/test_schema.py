@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator
 from agent import schema
 from agent.commands import CommandRouter
 from agent.config import SiteConfig, load_config
-from agent.events import Kind, NewEvent, Origin, encode, rfc3339, uuid7
+from agent.contract import Kind, NewEvent, Origin, encode, rfc3339, uuid7
 from agent.points import DevicePoints
 from agent.profiles import load_profile_file
 from agent.runtime import Agent, DeviceState

@@ -7,7 +7,8 @@ seeded schedule that starts with one fault of each kind; then every seq is accou
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT
+
+from tests.harness.process import ROOT
 
 pytestmark = pytest.mark.slow
 

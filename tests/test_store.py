@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from agent.events import Kind, NewEvent, Origin
+from agent.contract import Kind, NewEvent, Origin
 from agent.store import Store
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 ORIGIN = Origin("campus/v1", "pt-023", "gw-main")
@@ -175,11 +176,15 @@ async def test_telemetry_waits_for_a_group_and_an_alarm_does_not(tmp_path):
         await asyncio.sleep(0.3)
         assert s.stats.committed == 0, "three readings alone should wait for the group"
         s.add(ev(Kind.ALARM))
-        await _until(lambda: s.stats.committed == 4, "the alarm to take the readings along")
+        await eventually(
+            lambda: s.stats.committed == 4, 10, "the alarm to take the readings along", every=0.01
+        )
         assert s.stats.transactions == 1
         for i in range(8):  # a full group does not wait for telemetry_delay
             s.add(ev(n=i))
-        await _until(lambda: s.stats.committed == 12, "a full group to be committed")
+        await eventually(
+            lambda: s.stats.committed == 12, 10, "a full group to be committed", every=0.01
+        )
         assert s.stats.transactions == 2
     finally:
         runner.cancel()
@@ -193,16 +198,11 @@ async def test_telemetry_delay_zero_commits_each_reading_at_once(tmp_path):
     runner = asyncio.create_task(s.run())
     try:
         s.add(ev())
-        await _until(lambda: s.stats.committed == 1, "a lone reading to be committed")
+        await eventually(
+            lambda: s.stats.committed == 1, 10, "a lone reading to be committed", every=0.01
+        )
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
         await s.close()
-
-
-async def _until(pred, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
