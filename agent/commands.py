@@ -117,6 +117,7 @@ class CommandRouter:
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
         self.failed = 0
+        self.response_topics_refused = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._origin = Origin(config.agent.topic_prefix, config.agent.school, config.agent.gateway)
 
@@ -125,7 +126,12 @@ class CommandRouter:
         self.config = config
 
     def status(self) -> dict[str, Any]:
-        return {"accepted": self.accepted, "failed": self.failed, "rejected": dict(self.rejected)}
+        return {
+            "accepted": self.accepted,
+            "failed": self.failed,
+            "rejected": dict(self.rejected),
+            "response_topics_refused": self.response_topics_refused,
+        }
 
     async def handle(
         self,
@@ -144,6 +150,9 @@ class CommandRouter:
             outcome = await self._authorize_and_run(req, device, device_id)
         except Rejected as r:
             outcome = CommandOutcome(r.code, r.detail)
+        except Exception as e:  # noqa: BLE001 - every command gets one reply and one audit
+            log.warning("command failed in the gateway: device=%r error=%r", device_id[:64], e)
+            outcome = CommandOutcome(Code.ACTION_FAILED, f"gateway error: {_short(e)}")
         if outcome.result is Result.OK:
             self.accepted += 1
         elif outcome.result is Result.FAILED:
@@ -216,6 +225,9 @@ class CommandRouter:
             return CommandOutcome(Code.ACTION_FAILED, str(e))
         except TimeoutError:
             return CommandOutcome(Code.TIMEOUT, f"device did not complete in {ACTION_TIMEOUT:g}s")
+        except Exception as e:  # noqa: BLE001 - a driver bug must still get a reply and audit
+            log.warning("driver raised: device=%s action=%s error=%r", device.id, req.action, e)
+            return CommandOutcome(Code.ACTION_FAILED, f"driver error: {_short(e)}")
         return CommandOutcome(Code.OK, "done", data)
 
     def _send_reply(
@@ -235,7 +247,18 @@ class CommandRouter:
         )
         self._reply(self._origin.reply_topic(device_id if known else UNKNOWN_DEVICE), body, None)
         if response_topic:
-            self._reply(response_topic, body, correlation or None)
+            if self._response_topic_allowed(response_topic):
+                self._reply(response_topic, body, correlation or None)
+            else:
+                self.response_topics_refused += 1
+
+    def _response_topic_allowed(self, topic: str) -> bool:
+        """Only under the configured prefix (default: this gateway's cmd-reply/): a request
+        may not make the gateway publish on another gateway's or the district's topics."""
+        prefix = self.config.commands.response_topics or self._origin.reply_prefix
+        return (
+            topic.startswith(prefix) and len(topic) <= 512 and not any(c in topic for c in "+#\0")
+        )
 
     def _audit(
         self,
@@ -257,3 +280,8 @@ class CommandRouter:
                 body={"command": command},
             )
         )
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -147,6 +147,16 @@ class CommandsSection(_Strict):
     allow: list[str] = Field(default_factory=list)
     max_age: Duration = 300.0
     clock_skew: Duration = 30.0
+    # An MQTT 5 request's response topic is used only under this prefix (default: this
+    # gateway's own cmd-reply/); any other is ignored (the reply still goes to cmd-reply/).
+    response_topics: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("response_topics")
+    @classmethod
+    def _response_prefix(cls, v: str | None) -> str | None:
+        if v is not None and (any(c in v for c in "+#\0") or v.startswith("/")):
+            raise ValueError(f"{v!r} is not a topic prefix: no '+', '#', NUL or leading '/'")
+        return v
 
 
 class _BusBase(BaseModel):

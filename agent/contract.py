@@ -110,6 +110,11 @@ class Origin:
         return f"{self.base}/{COMMAND_REPLY}/{device}"
 
     @property
+    def reply_prefix(self) -> str:
+        """Where replies go: the default prefix a response topic must start with."""
+        return self.reply_topic("")
+
+    @property
     def everything(self) -> str:
         """Every topic of this gateway: {base}/#."""
         return f"{self.base}/#"

@@ -431,3 +431,44 @@ def test_firmware_cli_starts_an_update_and_shows_its_progress(  # noqa: PLR0917 
     assert r.returncode == 1
     assert "refused:" in r.stderr
     assert agent.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_driver_that_raises_still_gets_one_reply_and_one_audit(  # noqa: PLR0917 - fixtures
+    tmp_path, line, node, broker, subscribers, make_agent
+):
+    """A firmware file name with a NUL made the driver raise ValueError: the command got no
+    reply and no audit event, and its id was spent (#9). Now: one of each, and the id stays
+    spent (a second try is a replay)."""
+    fw_dir = tmp_path / "firmware"
+    fw_dir.mkdir()
+    node("fence", "--alarm-every", "0")
+    sub = subscribers(broker)
+    agent = updating_agent(
+        make_agent, broker, sub, line, fw_dir, device="gate-fence", profile="campus-fence-node"
+    )
+    bad = command("firmware_update", "cmd-fw-nul-00001", args={"file": "fence\u0000.bin"})
+    sub.publish(CMD + "gate-fence", bad)
+    r = reply(sub, "cmd-fw-nul-00001")
+    assert (r["result"], r["code"]) == ("failed", "action_failed")
+    assert "ValueError" in r["reason"]
+    sub.publish(CMD + "gate-fence", bad)
+    audits = wait_for(
+        lambda: (
+            [e["command"] for e in sub.events("audit") if e["command"]["id"] == "cmd-fw-nul-00001"][
+                1:
+            ]
+            and [e["command"] for e in sub.events("audit")]
+        ),
+        10,
+        "two audit events",
+    )
+    codes = [a["code"] for a in audits if a["id"] == "cmd-fw-nul-00001"]
+    assert codes == ["action_failed", "replayed"]
+    replies = [
+        m.json()
+        for m in sub.snapshot()
+        if "/cmd-reply/" in m.topic and m.json()["id"] == "cmd-fw-nul-00001"
+    ]
+    assert [x["code"] for x in replies] == ["action_failed", "replayed"]
+    assert agent.terminate() == 0

@@ -162,7 +162,11 @@ def test_failed_action_is_reported_as_failed(broker, subscribers, make_agent):
 
 def test_mqtt5_response_topic_and_correlation_data(broker, subscribers, make_agent):
     sub = subscribers(broker, v5=True)
-    agent = make_agent(broker.url, fence_device(alarm_every="1h"))
+    agent = make_agent(
+        broker.url,
+        fence_device(alarm_every="1h"),
+        allow='["fence.arm"]\nresponse_topics = "campus/district/replies/"',
+    )
     agent.wait_status(lambda s: s["broker"]["connected"], 10, "connection")
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = "campus/district/replies/42"
@@ -174,4 +178,27 @@ def test_mqtt5_response_topic_and_correlation_data(broker, subscribers, make_age
     assert msg.json()["result"] == "ok"
     assert msg.properties.CorrelationData == b"corr-\x00\x01"
     assert replies(sub, "cmd-v5-resp-0001")  # also on the gateway's reply topic
+    assert agent.terminate() == 0
+
+
+def test_response_topic_outside_the_allowed_prefix_is_ignored_and_counted(
+    broker, subscribers, make_agent
+):
+    """A request may not make the gateway publish on another gateway's alarm topic (#9)."""
+    sub = subscribers(broker, v5=True)
+    agent = make_agent(broker.url, fence_device(alarm_every="1h"))
+    agent.wait_status(lambda s: s["broker"]["connected"], 10, "connection")
+    hostile = "campus/v1/other/gw9/alarm/fence/x"
+    own = REPLY + "north-fence/district-42"
+    for cid, topic in (("cmd-hostile-rt-01", hostile), ("cmd-own-rt-000001", own)):
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = topic
+        sub.publish(CMD + "north-fence", command("arm", cid), properties=props)
+        wait_reply(sub, cid)
+    wait_for(lambda: [m for m in sub.snapshot() if m.topic == own], 10, "reply on its own topic")
+    st = agent.wait_status(
+        lambda s: s["commands"]["response_topics_refused"] == 1, 10, "refusal counted"
+    )
+    assert st["commands"]["accepted"] == 2
+    assert [m for m in sub.snapshot() if m.topic == hostile] == []
     assert agent.terminate() == 0

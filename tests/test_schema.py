@@ -271,6 +271,7 @@ path = "outbox.db"
 
 [commands]
 allow = ["fence.arm", "fence.fail"]
+response_topics = "district/replies/"
 
 [[buses]]
 id = "sim"
