@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers import read_json, stop_process
+from tests.harness.waiting import TimedOutError, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,15 +139,17 @@ class AgentProcess(BenchProcess):
 
     def wait_status(self, newer_than: float, timeout: float) -> dict[str, Any]:
         """The next status document written after `newer_than` (its `written` stamp)."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def fresh() -> dict[str, Any] | None:
             self.check_alive()
-            doc = self.status()
-            if doc and doc.get("pid") and float(doc.get("written", 0)) > newer_than:
-                return doc
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"agent status not refreshed within {timeout:g}s")
-            time.sleep(0.02)
+            doc = self.status() or {}
+            return doc if doc.get("pid") and float(doc.get("written", 0)) > newer_than else None
+
+        try:
+            found: dict[str, Any] = wait_for(fresh, timeout, "agent status", every=0.02)
+        except TimedOutError:
+            raise RuntimeError(f"agent status not refreshed within {timeout:g}s") from None
+        return found
 
     def wait_for(
         self,
@@ -156,11 +159,16 @@ class AgentProcess(BenchProcess):
     ) -> dict[str, Any]:
         """The first status document that is `ready`; after `timeout` s, raise `failure(doc)`
         with the end of the log."""
-        deadline = time.monotonic() + timeout
-        while True:
-            doc = self.wait_status(0.0, max(1.0, deadline - time.monotonic()))
-            if ready(doc):
-                return doc
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{failure(doc)}:\n{self.log_tail()}")
-            time.sleep(0.1)
+        last: dict[str, Any] = {}
+
+        def check() -> dict[str, Any] | None:
+            nonlocal last
+            self.check_alive()
+            last = self.status() or last
+            return last if last.get("pid") and ready(last) else None
+
+        try:
+            found: dict[str, Any] = wait_for(check, timeout, "agent status", every=0.02)
+        except TimedOutError:
+            raise RuntimeError(f"{failure(last)}:\n{self.log_tail()}") from None
+        return found

@@ -72,7 +72,7 @@ from bench.report import result_file, result_suffix, timestamp, write_json
 from tests.harness.broker import Broker
 from tests.harness.subscriber import Subscriber
 from tests.harness.tls import Pki, make_pki
-from tests.harness.waiting import TimedOutError, wait_for
+from tests.harness.waiting import TimedOutError, wait_for, wait_quiet
 
 PER_PROCESS = 75  # gateways per worker process by default
 TICK = 0.1  # the parent's sampling period (broker and worker CPU/RSS, pipes)
@@ -191,7 +191,8 @@ def retained_statuses(
 
     with contextlib.suppress(TimedOutError):
         wait_for(lambda: len(got()) >= expect, limit, "every retained status")
-    time.sleep(0.3)  # anything beyond the expected count
+    # Anything beyond the expected count: until the count holds still for 0.3 s (at most 2 s).
+    wait_quiet(lambda: len(got()), 0.3, 2.0)
     found = got()
     sub.close()
     return {"retained": len(found), "by_state": dict(Counter(found.values()))}

@@ -34,6 +34,7 @@ from agent.contract import Kind, NewEvent, Origin
 from agent.errors import ConnectFailedError
 from agent.publisher import Publisher
 from agent.store import Store
+from tests.harness.waiting import TimedOutError, eventually
 
 PREFIX: str = AgentSection.model_fields["topic_prefix"].default
 STATUS_INTERVAL: float = AgentSection.model_fields["status_interval"].default
@@ -293,11 +294,13 @@ async def _worker(
         elif msg[0] == "finish":
             for t in producers:
                 t.cancel()
-            await asyncio.sleep(0.2)
-            deadline = time.monotonic() + 60
-            # (not stats.inflight: the publisher updates it on publish, not on PUBACK)
-            while time.monotonic() < deadline and any(g.store.stats.backlog for g in gateways):
-                await asyncio.sleep(0.05)
+            await asyncio.gather(*producers, return_exceptions=True)
+            # Drained, or 60 s (not stats.inflight: the publisher updates it on publish, not on
+            # PUBACK); a gateway that never drains is what the report shows.
+            with contextlib.suppress(TimedOutError):
+                await eventually(
+                    lambda: not any(g.store.stats.backlog for g in gateways), 60, "drained"
+                )
             conn.send(
                 (
                     "final",
