@@ -14,10 +14,17 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from agent.config import SiteConfig
 from agent.contract import (
@@ -38,8 +45,18 @@ from agent.validation import first_error
 
 log = logging.getLogger(__name__)
 
-MAX_PAYLOAD = 16 * 1024
+MAX_PAYLOAD = 16 * 1024  # the default of [commands] max_payload
 ACTION_TIMEOUT = 15.0
+
+
+def _text_only(v: object) -> object:
+    if not isinstance(v, str):
+        raise ValueError("must be an RFC 3339 date-time string, e.g. '2026-12-05T08:00:00Z'")  # noqa: TRY004 - pydantic wants ValueError
+    return v
+
+
+# The contract says RFC 3339 text; pydantic alone would also take a number of seconds.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_text_only)]
 
 
 class CommandRequest(BaseModel):
@@ -49,8 +66,8 @@ class CommandRequest(BaseModel):
     id: str = Field(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     action: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
     args: dict[str, Any] = Field(default_factory=dict)
-    ts: AwareDatetime
-    expires: AwareDatetime | None = None
+    ts: Timestamp
+    expires: Timestamp | None = None
 
 
 class Rejected(Exception):  # noqa: N818 - a control-flow outcome, not an error condition
@@ -171,8 +188,9 @@ class CommandRouter:
         self._audit(device, device_id, req, outcome)
 
     def _parse(self, payload: bytes) -> CommandRequest:
-        if len(payload) > MAX_PAYLOAD:
-            raise Rejected(Code.TOO_LARGE, f"command larger than {MAX_PAYLOAD} bytes")
+        limit = self.config.commands.max_payload
+        if len(payload) > limit:
+            raise Rejected(Code.TOO_LARGE, f"command larger than {limit} bytes")
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:

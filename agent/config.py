@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent import registry
 from agent.contract import TOPIC_ROOT
@@ -110,6 +110,10 @@ class MqttSection(_Strict):
     # random part of reconnect_spread, so that a district does not come back all at once.
     reconnect_probe: Duration = 1.0
     reconnect_spread: Duration = 1.0
+    # MQTT 5: the largest packet we accept, told to the broker in CONNECT; it never sends a
+    # bigger one (a command is at most [commands] max_payload). 3.1.1 has no such field: the
+    # broker's own limit (mosquitto `max_packet_size`) is then the only guard (docs/scaling.md).
+    max_packet_size: Size = Field(default=20 * 1024, ge=2 * 1024, le=16 * 1024**2)
 
     @field_validator("url")
     @classmethod
@@ -150,6 +154,15 @@ class CommandsSection(_Strict):
     # An MQTT 5 request's response topic is used only under this prefix (default: this
     # gateway's own cmd-reply/); any other is ignored (the reply still goes to cmd-reply/).
     response_topics: str | None = Field(default=None, min_length=1, max_length=200)
+    # A flood of commands costs at most this much: `rate` a second (`burst` saved up) and
+    # `queue` waiting; the rest is dropped, counted, answered `busy` at most `busy_replies`
+    # a second and summed up in one audit event per `busy_audit_interval`.
+    rate: float = Field(default=10.0, ge=0.1, le=1000.0)
+    burst: int = Field(default=50, ge=1, le=10000)
+    queue: int = Field(default=100, ge=1, le=10000)
+    busy_replies: float = Field(default=2.0, ge=0.1, le=100.0)
+    busy_audit_interval: Duration = Field(default=10.0, ge=1.0, le=3600.0)
+    max_payload: Size = Field(default=16 * 1024, ge=1024, le=1024**2)
 
     @field_validator("response_topics")
     @classmethod
@@ -184,6 +197,17 @@ class _Site(_Strict):
     profile_dirs: list[Path] = Field(default_factory=list)
     buses: list[_BusBase] = Field(default_factory=list)
     devices: list[_DeviceBase] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _packet_fits_a_command(self) -> _Site:
+        need = self.commands.max_payload + 1024  # the topic and properties of a command
+        if self.mqtt.protocol == "5" and self.mqtt.max_packet_size < need:
+            raise ValueError(
+                f"[mqtt] max_packet_size ({self.mqtt.max_packet_size}) must be at least "
+                f"[commands] max_payload + 1KiB ({need}): the broker would never deliver "
+                "the largest command"
+            )
+        return self
 
 
 @dataclass(frozen=True)

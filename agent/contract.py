@@ -291,6 +291,7 @@ class Code(StrEnum):
     FROM_FUTURE = "from_future"
     EXPIRED = "expired"
     REPLAYED = "replayed"
+    BUSY = "busy"
     ACTION_FAILED = "action_failed"
     TIMEOUT = "timeout"
 
@@ -309,6 +310,7 @@ COMMAND_CODES: dict[Result, tuple[Code, ...]] = {
         Code.FROM_FUTURE,
         Code.EXPIRED,
         Code.REPLAYED,
+        Code.BUSY,
     ),
     Result.FAILED: (Code.ACTION_FAILED, Code.TIMEOUT),
 }

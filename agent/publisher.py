@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,13 +30,19 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config import MqttSection
 from agent.contract import OFFLINE, ONLINE, Origin, last_will, status_document
 from agent.errors import ConnectFailedError, UnreachableError
-from agent.mqtt_client import correlation_properties, make_client, response_of
+from agent.mqtt_client import (
+    connect_properties,
+    correlation_properties,
+    make_client,
+    response_of,
+)
 from agent.store import Store, StoredEvent
 
 log = logging.getLogger(__name__)
 
 # A command message: topic, payload, MQTT 5 response topic and correlation data (or None).
-CommandHandler = Callable[[str, bytes, str | None, bytes | None], Awaitable[None]]
+# Called on the loop's thread for every message; it must not block or keep unbounded state.
+CommandHandler = Callable[[str, bytes, str | None, bytes | None], None]
 
 
 @dataclass
@@ -89,7 +95,6 @@ class Publisher:
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._lost = asyncio.Event()
         self._idle = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._rate_count = 0
         self._rate_t = time.monotonic()
         self._stopping = False
@@ -256,6 +261,7 @@ class Publisher:
                 addr.port,
                 keepalive=int(self.cfg.keepalive),
                 clean_start=True if self.cfg.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=connect_properties(self.cfg),
             )
         except ssl.SSLCertVerificationError as e:
             self._teardown()
@@ -474,11 +480,6 @@ class Publisher:
         self.store.ack((seq,))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if self.on_command is None:
-            return
-        response_topic, correlation = response_of(msg)
-        task = asyncio.ensure_future(
+        if self.on_command is not None:  # the command gate: synchronous, bounded
+            response_topic, correlation = response_of(msg)
             self.on_command(msg.topic, bytes(msg.payload), response_topic, correlation)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

@@ -27,6 +27,7 @@ import orjson
 
 from agent import __version__, registry
 from agent.clock import ClockState
+from agent.command_gate import CommandGate
 from agent.commands import CommandRouter
 from agent.config import SiteConfig, load_config
 from agent.contract import Origin, status_details
@@ -107,13 +108,21 @@ class Agent:
             reply=self._reply,
             record=self.store.add,
         )
+        self.gate = CommandGate(
+            config.commands,
+            self.origin,
+            handle=self.router.handle,
+            reply=self._reply,
+            known=lambda device: self.config.device(device) is not None,
+            record=self.store.add,
+        )
         self.publisher = Publisher(
             config.mqtt,
             self.origin,
             self.store,
             password=config.password(),
             status=self.public_status,
-            on_command=self.router.handle,
+            on_command=self.gate.offer,
         )
         self.points: dict[str, DevicePoints] = {}
         self.devices: dict[str, DeviceState] = {}
@@ -234,6 +243,7 @@ class Agent:
         new_devs = {b: tuple(d for d in new.devices if d.bus == b) for b in new_buses}
         self.config = new
         self.router.reconfigure(new)
+        self.gate.configure(new.commands)
         for bus_id, old_bus in old_buses.items():
             if bus_id not in new_buses or (
                 old_bus != new_buses[bus_id] or old_devs[bus_id] != new_devs[bus_id]
@@ -313,7 +323,7 @@ class Agent:
                     "last_error": s.last_error,
                     "recovered": s.recovered,
                 },
-                "commands": self.router.status(),
+                "commands": {**self.router.status(), **self.gate.status()},
                 "driver_restarts": dict(self.restarts),
                 "buses": {
                     **self.stopped_bus_stats,
@@ -374,6 +384,7 @@ class Agent:
             asyncio.create_task(self.store.run(), name="store.commit"),
             asyncio.create_task(self.publisher.run(), name="publisher"),
             asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self.gate.run(), name="commands"),
         ]
         reloads: set[asyncio.Task[bool]] = set()
 
@@ -407,6 +418,7 @@ class Agent:
 
     async def _shutdown(self, core: list[asyncio.Task[Any]]) -> None:
         log.info("stopping: draining in-flight events")
+        self.gate.flush_audit()  # commands dropped since the last summary are audited too
         for bus_id in list(self.bus_tasks):
             await self._stop_bus(bus_id)
         with contextlib.suppress(Exception):

@@ -241,6 +241,12 @@ def _audit_body() -> tuple[Json, list[str]]:
                 "maxLength": 64,
                 "description": "The device the topic named, when it is not on this gateway.",
             },
+            "dropped": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "code busy: how many commands this event sums up (dropped "
+                "over the rate limit since the previous such event; id and action null).",
+            },
         },
         "required": ["id", "action", "result", "code", "reason"],
         "additionalProperties": False,
@@ -392,7 +398,8 @@ def command_request_schema() -> Json:
         "$schema": DIALECT,
         "title": f"{TOPIC_ROOT} command request",
         "description": f"Sent by the district on {_T.command_topic('{device}')}, "
-        f"at most {MAX_PAYLOAD} bytes. ts and expires are RFC 3339 date-times "
+        f"at most [commands] max_payload bytes (default {MAX_PAYLOAD}). ts and expires are "
+        "RFC 3339 date-time strings "
         "with an offset.",
     }
 
