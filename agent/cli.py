@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from agent import __version__
+from agent import __version__, cli_keys
 from agent.config import (
     DEFAULT_PATH,
     SiteConfig,
@@ -424,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show", "check"])
     p.add_argument("target", nargs="?", help="a profile id (show) or a profile file (check)")
     p.set_defaults(fn=cmd_profiles)
+    cli_keys.register(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ import ssl
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,7 +29,11 @@ from agent.profiles import (
     shipped_profiles,
 )
 from agent.sample import BoundDevice, BusSpec
+from agent.signing import public_key_from_text
 from agent.units import Duration, Size
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 DEFAULT_PATH = Path("/etc/campus-agent/agent.toml")
 TOPIC_SAFE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -147,6 +151,20 @@ class PrivacySection(_Strict):
     card_key_file: Path | None = None
 
 
+class SigningKey(_Strict):
+    """A district public key commands may be signed with (docs/mqtt-api.md, Signed commands)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # 32 raw bytes in base64 (`campus-agent keygen` prints it) or a PEM "PUBLIC KEY" block.
+    public_key: str = Field(max_length=2000)
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        public_key_from_text(v)
+        return v
+
+
 class CommandsSection(_Strict):
     allow: list[str] = Field(default_factory=list)
     max_age: Duration = 300.0
@@ -163,6 +181,31 @@ class CommandsSection(_Strict):
     busy_replies: float = Field(default=2.0, ge=0.1, le=100.0)
     busy_audit_interval: Duration = Field(default=10.0, ge=1.0, le=3600.0)
     max_payload: Size = Field(default=16 * 1024, ge=1024, le=1024**2)
+    # Ed25519 signatures: required on every command, optional (checked when present), or
+    # off. Default: required once a key is configured. A profile's action may require one
+    # (`signature = "required"`, e.g. disarm) whenever keys are configured, whatever this says.
+    signatures: Literal["required", "optional", "off"] | None = None
+    keys: list[SigningKey] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _keys_for_signatures(self) -> CommandsSection:
+        if self.signatures in ("required", "optional") and not self.keys:
+            raise ValueError(
+                f'signatures = "{self.signatures}" needs at least one [[commands.keys]] '
+                "(the district's public key)"
+            )
+        ids = [k.id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two [[commands.keys]] have the same id")
+        return self
+
+    @property
+    def signature_mode(self) -> str:
+        """What the site asks of every command: required, optional or off."""
+        return self.signatures or ("required" if self.keys else "off")
+
+    def public_keys(self) -> dict[str, Ed25519PublicKey]:
+        return {k.id: public_key_from_text(k.public_key) for k in self.keys}
 
     @field_validator("response_topics")
     @classmethod

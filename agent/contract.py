@@ -292,6 +292,8 @@ class Code(StrEnum):
     EXPIRED = "expired"
     REPLAYED = "replayed"
     BUSY = "busy"
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad_signature"
     ACTION_FAILED = "action_failed"
     TIMEOUT = "timeout"
 
@@ -311,6 +313,8 @@ COMMAND_CODES: dict[Result, tuple[Code, ...]] = {
         Code.EXPIRED,
         Code.REPLAYED,
         Code.BUSY,
+        Code.UNSIGNED,
+        Code.BAD_SIGNATURE,
     ),
     Result.FAILED: (Code.ACTION_FAILED, Code.TIMEOUT),
 }

@@ -105,6 +105,7 @@ class Agent:
             config,
             act=self._act,
             remember=self.store.remember_command,
+            note_outcome=self.store.note_command_outcome,
             reply=self._reply,
             record=self.store.add,
         )

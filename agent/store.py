@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_prio_seq ON outbox (prio, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
-CREATE TABLE IF NOT EXISTS commands_seen (id TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS commands_seen (
+  id TEXT PRIMARY KEY, expires REAL NOT NULL, outcome TEXT
+);
 """
 PRIORITY_NAMES = {p.value: p.name.lower() for p in Priority}
 EVICT_ORDER = (Priority.TELEMETRY, Priority.STATE, Priority.ACCESS, Priority.ALARM)
@@ -116,6 +118,7 @@ class Store:
         self._db: aiosqlite.Connection | None = None
         self._rdb: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._commands_outcome_column = False
         self._pending: list[NewEvent] = []
         self._acks: list[int] = []
         self._parks: list[tuple[int, str]] = []
@@ -576,18 +579,42 @@ class Store:
 
     # ---- command replay memory -------------------------------------------------------
 
-    async def remember_command(self, command_id: str, expires: float) -> bool:
-        """Record a command id; False if it was seen before (a replay). Survives restarts."""
+    async def remember_command(self, command_id: str, expires: float) -> bool | str:
+        """Record a command id: True; or, if it was seen before (a replay), the outcome code
+        noted for it ("" if none yet). Survives restarts."""
         db = self._require_db()
         async with self._lock:
+            await self._commands_table(db)
             await db.execute("DELETE FROM commands_seen WHERE expires < ?", (time.time(),))
             try:
                 await db.execute(
                     "INSERT INTO commands_seen (id, expires) VALUES (?, ?)", (command_id, expires)
                 )
             except sqlite3.IntegrityError:
-                return False
+                async with db.execute(
+                    "SELECT outcome FROM commands_seen WHERE id = ?", (command_id,)
+                ) as cur:
+                    row = await cur.fetchone()
+                return str(row[0]) if row and row[0] else ""
         return True
+
+    async def note_command_outcome(self, command_id: str, code: str) -> None:
+        """Keep a command's outcome with its id: a replay is told what the first one did."""
+        db = self._require_db()
+        async with self._lock:
+            await db.execute(
+                "UPDATE commands_seen SET outcome = ? WHERE id = ?", (code, command_id)
+            )
+
+    async def _commands_table(self, db: aiosqlite.Connection) -> None:
+        """Stores made before the outcome column get it (once per process)."""
+        if self._commands_outcome_column:
+            return
+        async with db.execute("PRAGMA table_info(commands_seen)") as cur:
+            columns = {row[1] for row in await cur.fetchall()}
+        if "outcome" not in columns:
+            await db.execute("ALTER TABLE commands_seen ADD COLUMN outcome TEXT")
+        self._commands_outcome_column = True
 
     def _require_db(self) -> aiosqlite.Connection:
         if self._db is None:

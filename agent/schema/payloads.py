@@ -241,6 +241,12 @@ def _audit_body() -> tuple[Json, list[str]]:
                 "maxLength": 64,
                 "description": "The device the topic named, when it is not on this gateway.",
             },
+            "signed_by": {
+                "type": "string",
+                "maxLength": 64,
+                "description": "The id of the district key whose signature was verified "
+                "(absent: the command was not signed).",
+            },
             "dropped": {
                 "type": "integer",
                 "minimum": 1,
