@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import ssl
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -215,6 +215,15 @@ class CommandsSection(_Strict):
         return v
 
 
+class AlarmsSection(_Strict):
+    """Alarm storms: a device sending more alarm edges than this is coalesced (agent/points.py
+    StormLimit): first edges sent, then the latest of each point every `storm_report`."""
+
+    storm_rate: float = Field(default=20.0, ge=0.1, le=10000.0)
+    storm_burst: int = Field(default=40, ge=1, le=100000)
+    storm_report: Duration = Field(default=10.0, ge=1.0, le=600.0)
+
+
 class _BusBase(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     id: str = Field(pattern=ID_PATTERN)
@@ -237,6 +246,7 @@ class _Site(_Strict):
     store: StoreSection = StoreSection()
     privacy: PrivacySection = PrivacySection()
     commands: CommandsSection = CommandsSection()
+    alarms: AlarmsSection = AlarmsSection()
     profile_dirs: list[Path] = Field(default_factory=list)
     buses: list[_BusBase] = Field(default_factory=list)
     devices: list[_DeviceBase] = Field(default_factory=list)
@@ -265,6 +275,7 @@ class SiteConfig:
     commands: CommandsSection
     buses: tuple[BusSpec, ...]
     devices: tuple[BoundDevice, ...]
+    alarms: AlarmsSection = field(default_factory=AlarmsSection)
 
     def device(self, device_id: str) -> BoundDevice | None:
         """The device with this id, or None."""
@@ -566,6 +577,7 @@ def load_config(path: Path | str) -> SiteConfig:
         store=store,
         privacy=privacy,
         commands=site.commands,
+        alarms=site.alarms,
         buses=tuple(buses),
         devices=tuple(devices),
     )

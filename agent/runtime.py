@@ -33,7 +33,7 @@ from agent.config import SiteConfig, load_config
 from agent.contract import Origin, status_details
 from agent.driver import Driver
 from agent.errors import ActionError, ConfigError
-from agent.points import DevicePoints
+from agent.points import DevicePoints, StormLimit
 from agent.publisher import Publisher
 from agent.sample import BoundDevice, BusSpec, Sample, Value
 from agent.store import Store
@@ -159,8 +159,15 @@ class Agent:
     def _bind(self, devices: Sequence[BoundDevice]) -> None:
         for d in devices:
             if d.id not in self.points or self.points[d.id].device != d:
-                self.points[d.id] = DevicePoints(d)
+                if (old := self.points.get(d.id)) is not None:
+                    for event in old.tick(time.time(), final=True):  # a storm's held edges
+                        self.store.add(event)
+                self.points[d.id] = DevicePoints(d, self._storm_limit())
             self.devices.setdefault(d.id, DeviceState())
+
+    def _storm_limit(self) -> StormLimit:
+        a = self.config.alarms
+        return StormLimit(a.storm_rate, a.storm_burst, a.storm_report)
 
     async def _supervise(self, bus: BusSpec, devices: tuple[BoundDevice, ...]) -> None:
         cls = registry.driver_class(bus.driver)
@@ -254,7 +261,9 @@ class Agent:
         for dev in list(self.devices):
             if dev not in live:
                 del self.devices[dev]
-                self.points.pop(dev, None)
+                if (gone := self.points.pop(dev, None)) is not None:
+                    for event in gone.tick(time.time(), final=True):
+                        self.store.add(event)
         for bus_id, bus in new_buses.items():
             if bus_id not in self.bus_tasks:
                 self._start_bus(bus)
@@ -346,6 +355,10 @@ class Agent:
         last_public = 0.0
         status_error: OSError | None = None
         while True:
+            now = time.time()
+            for points in self.points.values():  # alarm storms end even if samples stop
+                for event in points.tick(now):
+                    self.store.add(event)
             self._oldest_age = await self.store.oldest_age()
             if self._oldest_age is not None:
                 self._oldest_age = round(self._oldest_age, 1)

@@ -223,6 +223,21 @@ def _state_body() -> tuple[Json, list[str]]:
     return {
         "online": {"type": "boolean", "description": "Whether the device answers."},
         "reason": {"type": "string", "description": "Why it went offline (when it did)."},
+        "alarm_storm": {
+            "type": "boolean",
+            "description": "Present while the device sends more alarm edges than "
+            "[alarms] storm_rate allows (true), and once when that ends (false): its edges "
+            "are coalesced, the latest of each alarm point sent every storm_report.",
+        },
+        "alarm_storm_edges": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Alarm edges coalesced since the storm began.",
+        },
+        "alarm_storm_since": {
+            "type": "number",
+            "description": "When the storm began (Unix seconds).",
+        },
     }, ["online"]
 
 
