@@ -137,6 +137,9 @@ class StoreSection(_Strict):
     # Telemetry alone may wait this long to be committed with others (alarms never wait).
     telemetry_delay: Duration = 0.05
     synchronous: Literal["full", "normal"] = "full"
+    # Audit events (who commanded what) are never evicted to make room for other events;
+    # they are kept up to this many, and up to a quarter of max_size, oldest dropped first.
+    audit_keep: int = Field(default=20_000, ge=100, le=1_000_000)
 
     @field_validator("max_size")
     @classmethod

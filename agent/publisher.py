@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttSection
-from agent.contract import OFFLINE, ONLINE, Origin, last_will, status_document
+from agent.contract import OFFLINE, ONLINE, SEND_RANK, Origin, last_will, status_document
 from agent.errors import ConnectFailedError, UnreachableError
 from agent.mqtt_client import (
     connect_properties,
@@ -326,7 +326,7 @@ class Publisher:
         while True:
             if (
                 not buffer
-                or (store.new_data.is_set() and store.min_new_priority < buffer[0].priority)
+                or (store.new_data.is_set() and store.min_new_rank < SEND_RANK[buffer[0].priority])
                 or store.evictions != epoch  # fetched rows may have been evicted since
             ):
                 if buffer:

@@ -99,6 +99,7 @@ class Agent:
             commit_interval=config.store.commit_interval,
             telemetry_delay=config.store.telemetry_delay,
             synchronous=config.store.synchronous,
+            audit_keep=config.store.audit_keep,
             clock=ClockState("auto"),
         )
         self.router = CommandRouter(

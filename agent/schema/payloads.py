@@ -365,7 +365,8 @@ def status_schema() -> Json:
                 "required": [p.name.lower() for p in Priority],
                 "additionalProperties": False,
                 "description": "Events evicted from a full store since it was created, by "
-                "priority class (audit counts as access): this is the loss a seq gap shows.",
+                "priority class: this is the loss a seq gap shows. audit: only beyond "
+                "[store] audit_keep (audit events are never evicted for room).",
             },
             "lost_uncommitted": {
                 **count,
