@@ -127,8 +127,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         + f" (store {_mb(s.get('used_bytes', 0))} of {_mb(s.get('max_size', 0))})"
     )
     ref = doc.get("refused", {})
-    if ref.get("count"):
-        print(f"refused:  {ref['count']} events refused by the broker, last: {ref.get('last')}")
+    if ref.get("count") or ref.get("parked"):
+        # `count` is since this start; `parked` is what the store still holds back.
+        last = f", last: {ref['last']}" if ref.get("last") else ""
+        print(
+            f"refused:  {ref.get('count', 0)} events refused by the broker since start, "
+            f"{ref.get('parked', 0)} parked (kept; sent again after SIGHUP/`systemctl reload` "
+            f"or an hour connected){last}"
+        )
+    if ref.get("status_topic"):
+        print(f"refused:  the broker refuses the status topic: {ref['status_topic']}")
     if s.get("recovered"):
         r = s["recovered"]
         print(f"store:    DAMAGED FILE moved to {r.get('moved_to')} ({r.get('reason')})")
