@@ -166,6 +166,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# C0 controls (ESC among them), DEL and C1 controls (CSI 0x9b...): from the wire they could
+# move the cursor, recolour or clear the operator's terminal, or fake a line. Shown escaped.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as a visible `\\xNN` escape."""
+    return text.translate(_CONTROLS)
+
+
 def describe(topic: str, payload: bytes, prefix: str = TOPIC_ROOT) -> str:
     """One readable line for an event or status message, as the district sees it."""
     try:
@@ -258,9 +268,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if args.kind and topic_level(msg.topic, origin.prefix) != args.kind:
             return
         if args.raw:
-            print(msg.topic, msg.payload.decode(errors="replace"), flush=True)
+            line = f"{msg.topic} {msg.payload.decode(errors='replace')}"
         else:
-            print(describe(msg.topic, bytes(msg.payload), origin.prefix), flush=True)
+            line = describe(msg.topic, bytes(msg.payload), origin.prefix)
+        print(printable(line), flush=True)
         seen += 1
         if args.count and seen >= args.count:
             c.disconnect()
