@@ -38,7 +38,7 @@ from agent.contract import (
     device_of,
     reply_document,
 )
-from agent.errors import ActionError
+from agent.errors import ActionError, BadArgumentError
 from agent.profiles import Action
 from agent.sample import BoundDevice, Value
 from agent.signing import SignatureError, verify
@@ -278,6 +278,8 @@ class CommandRouter:
         try:
             async with lock:  # one action at a time per device
                 data = await asyncio.wait_for(self._act(device, action, args), ACTION_TIMEOUT)
+        except BadArgumentError as e:
+            return CommandOutcome(Code.BAD_ARGS, str(e))
         except ActionError as e:
             return CommandOutcome(Code.ACTION_FAILED, str(e))
         except TimeoutError:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import ssl
 import threading
 import time
@@ -62,6 +63,39 @@ class PublisherStats:
     refusals_by_reason: dict[str, int] = field(default_factory=dict)
     status_refused: str | None = None  # the broker refused our retained status topic
     probes_answered: int = 0  # reconnect probes that found the broker listening again
+
+
+# TLS alerts a broker sends when it refuses our client certificate, and what to do.
+_CERT_REFUSED = (
+    "UNKNOWN_CA",
+    "BAD_CERTIFICATE",
+    "CERTIFICATE_",
+    "UNSUPPORTED_CERT",
+    "ACCESS_DENIED",
+)
+_NO_CERT = ("CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE")
+
+
+def _closed_before_connack(socket_errors: list[str], tls: bool) -> str:
+    """Why the broker closed the connection before its CONNACK, from what paho logged."""
+    for text in socket_errors:
+        m = re.search(r"\[SSL: ([A-Z0-9_]+)\]", text)
+        if m is None:
+            continue
+        alert = m.group(1)
+        if any(a in alert for a in _NO_CERT):
+            return (
+                f"TLS: broker requires a client certificate ({alert}): set cert_file and key_file"
+            )
+        if any(a in alert for a in _CERT_REFUSED):
+            return (
+                f"TLS: broker refused our client certificate ({alert}): "
+                "is cert_file signed by the CA the broker trusts, and still valid?"
+            )
+        return f"TLS: the broker ended the connection ({alert})"
+    cause = socket_errors[0].split(": ", 1)[-1] if socket_errors else "no reason given"
+    hint = "" if tls else " (is it a TLS port? use mqtts://)"
+    return f"connection closed by the broker before CONNACK{hint}: {cause}"
 
 
 class Publisher:
@@ -253,6 +287,15 @@ class Publisher:
         self._lost.clear()
         self._connack = loop.create_future()
         addr = self.cfg.address
+        # paho swallows a socket error on read (a TLS alert, a reset) into "connection
+        # lost" and only logs it: keep what it logged, to say why the broker dropped us.
+        socket_errors: list[str] = []
+
+        def on_log(c: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+            if level == mqtt.MQTT_LOG_ERR and "socket" in buf:
+                socket_errors.append(buf)
+
+        client.on_log = on_log
         try:
             # connect() blocks on DNS, TCP and the TLS handshake: keep it off the loop.
             await asyncio.to_thread(
@@ -281,11 +324,23 @@ class Publisher:
         loop.add_reader(sock, self._do_read)
         if client.want_write():
             loop.add_writer(sock, self._do_write)
+        lost = asyncio.ensure_future(self._lost.wait())
         try:
-            rc = await asyncio.wait_for(self._connack, self.cfg.connect_timeout)
-        except TimeoutError:
+            await asyncio.wait(
+                (self._connack, lost),
+                timeout=self.cfg.connect_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            lost.cancel()
+            client.on_log = None
+        if not self._connack.done():
+            closed = self._lost.is_set()
             self._teardown()
-            raise ConnectFailedError("no CONNACK from the broker in time") from None
+            if closed:
+                raise ConnectFailedError(_closed_before_connack(socket_errors, addr.tls))
+            raise ConnectFailedError("no CONNACK from the broker in time")
+        rc = self._connack.result()
         if rc.is_failure:
             self._teardown()
             raise ConnectFailedError(f"broker refused the connection: {rc}")

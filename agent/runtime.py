@@ -35,7 +35,7 @@ from agent.driver import Driver
 from agent.errors import ActionError, ConfigError
 from agent.points import DevicePoints, StormLimit
 from agent.publisher import Publisher
-from agent.sample import BoundDevice, BusSpec, Sample, Value
+from agent.sample import BoundDevice, BusSpec, Quality, Sample, Value
 from agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ class _Sink:
         if points is None:
             return
         state = a.devices.get(sample.device)
-        if state is not None and state.online is not True:
+        # A failed read (an exception reply, a timeout) is no reading: only a good one
+        # brings a device online.
+        if state is not None and state.online is not True and sample.quality is not Quality.BAD:
             a.set_available(sample.device, online=True, reason="")
         for ev in points.events(sample):
             await a.store.add_wait(ev)
