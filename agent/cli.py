@@ -133,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"refused:  {ref.get('count', 0)} events refused by the broker since start, "
             f"{ref.get('parked', 0)} parked (kept; sent again after SIGHUP/`systemctl reload` "
-            f"or an hour connected){last}"
+            f"or an hour after the last retry){last}"
         )
     if ref.get("status_topic"):
         print(f"refused:  the broker refuses the status topic: {ref['status_topic']}")

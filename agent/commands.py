@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import Annotated, Any
 
 import orjson
@@ -88,6 +89,10 @@ class Rejected(Exception):  # noqa: N818 - a control-flow outcome, not an error 
         self.code = code
         self.detail = detail
 
+
+# The id of the command whose action is being carried out (None outside one): a driver's
+# background task started by `act` inherits it, so a later failure is audited under it.
+CURRENT_COMMAND: ContextVar[str | None] = ContextVar("campus_agent_command", default=None)
 
 ActFn = Callable[[BoundDevice, str, Mapping[str, Any]], Awaitable[Mapping[str, Value]]]
 # Record a command id until a time: True if new, else the outcome of the first one ("" if
@@ -267,7 +272,11 @@ class CommandRouter:
                 f"command id {req.id!r} was already received"
                 + (f" (its outcome: {first})" if first else ""),
             )
-        outcome = await self._run(device, req.action, args)
+        token = CURRENT_COMMAND.set(req.id)
+        try:
+            outcome = await self._run(device, req.action, args)
+        finally:
+            CURRENT_COMMAND.reset(token)
         await self._note_outcome(req.id, str(outcome.code))
         return outcome
 

@@ -41,6 +41,8 @@ from agent.store import Store, StoredEvent
 
 log = logging.getLogger(__name__)
 
+RETRY_PARKED = 3600.0  # seconds between automatic retries of events the broker refused
+
 # A command message: topic, payload, MQTT 5 response topic and correlation data (or None).
 # Called on the loop's thread for every message; it must not block or keep unbounded state.
 CommandHandler = Callable[[str, bytes, str | None, bytes | None], None]
@@ -133,6 +135,7 @@ class Publisher:
         self._rate_t = time.monotonic()
         self._stopping = False
         self._status_mids: set[int] = set()
+        self._last_retry = time.monotonic()  # refused (parked) events were last retried
 
     # ---- public --------------------------------------------------------------------
 
@@ -227,6 +230,7 @@ class Publisher:
     async def retry_refused(self) -> int:
         """Send events the broker refused once more (after a config change, or hourly)."""
         self.stats.status_refused = None
+        self._last_retry = time.monotonic()
         return await self.store.unpark_all()
 
     def publish_direct(self, topic: str, payload: bytes, correlation: bytes | None = None) -> bool:
@@ -410,12 +414,12 @@ class Publisher:
             after[ev.priority] = ev.seq
 
     async def _misc_loop(self, client: mqtt.Client) -> None:
-        ticks = 0
         while True:
             await asyncio.sleep(1.0)
             client.loop_misc()
-            ticks += 1
-            if ticks % 3600 == 0 and self.store.stats.parked:
+            # Hourly across connections: a broker that drops the client after a refusal
+            # (mosquitto does) would otherwise restart the hour at every reconnection.
+            if self.store.stats.parked and time.monotonic() - self._last_retry >= RETRY_PARKED:
                 await self.retry_refused()
             now = time.monotonic()
             dt = now - self._rate_t

@@ -28,9 +28,9 @@ import orjson
 from agent import __version__, registry
 from agent.clock import ClockState
 from agent.command_gate import CommandGate
-from agent.commands import CommandRouter
+from agent.commands import CURRENT_COMMAND, CommandRouter
 from agent.config import SiteConfig, load_config
-from agent.contract import Origin, status_details
+from agent.contract import Code, CommandOutcome, Kind, NewEvent, Origin, status_details
 from agent.driver import Driver
 from agent.errors import ActionError, ConfigError
 from agent.points import DevicePoints, StormLimit
@@ -85,6 +85,26 @@ class _Sink:
         info: Mapping[str, Value] | None = None,
     ) -> None:
         self.agent.set_available(device, online=online, reason=reason, info=dict(info or {}))
+
+    async def action_failed(self, device: str, action: str, reason: str) -> None:
+        a = self.agent
+        bound = a.config.device(device)
+        # The command id: the background task was started by the router's call to `act`,
+        # and a task keeps the context it was created in.
+        command = CommandOutcome(Code.ACTION_FAILED, reason[:500]).record(
+            CURRENT_COMMAND.get(), action
+        )
+        log.warning("action failed in the background: device=%s action=%s", device, action)
+        await a.store.add_wait(
+            NewEvent(
+                kind=Kind.AUDIT,
+                device=device,
+                category=bound.profile.category if bound else "gateway",
+                profile=bound.profile.id if bound else "gateway",
+                ts=time.time(),
+                body={"command": command},
+            )
+        )
 
 
 class Agent:

@@ -556,3 +556,34 @@ def test_version_longer_than_the_protocol_allows_is_refused_when_the_command_arr
     assert not sim.stats().get("fw_begins")
     assert agent.status()["buses"]["node-1"]["fw_updates"]["started"] == 0
     assert agent.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_background_update_failure_is_audited_under_its_command(  # noqa: PLR0917 - fixtures
+    tmp_path, line, node, broker, subscribers, make_agent
+):
+    """The reply to firmware_update is `ok` when the transfer starts; a later failure (here the
+    node's flash corrupts a chunk, so the image is rejected) left only fw_state. Now it is an
+    audit event too, with the id of the command that started it (#9)."""
+    fw_dir = _fw_dir(tmp_path)
+    (fw_dir / "fence-2.0.0.bin").write_bytes(os.urandom(8_000))
+    node("fence", "--alarm-every", "0", "--corrupt-writes", "1")
+    sub = subscribers(broker)
+    agent = updating_agent(
+        make_agent, broker, sub, line, fw_dir, device="gate-fence", profile="campus-fence-node"
+    )
+    cid = "cmd-fw-corrupt-001"
+    sub.publish(
+        CMD + "gate-fence",
+        command("firmware_update", cid, args={"file": "fence-2.0.0.bin", "version": "2.0.0"}),
+    )
+    assert reply(sub, cid)["code"] == "ok"  # started
+    audits = wait_for(
+        lambda: [e["command"] for e in sub.events("audit") if e["command"]["id"] == cid][1:],
+        30,
+        "the audit event of the failure",
+    )
+    assert (audits[0]["result"], audits[0]["code"]) == ("failed", "action_failed")
+    assert audits[0]["action"] == "firmware_update" and "sha256" in audits[0]["reason"]
+    assert any(e.get("fw_state") == "rejected" for e in states(sub, "gate-fence"))
+    assert agent.terminate() == 0

@@ -346,6 +346,12 @@ class BridgeDriver(Driver):
             "sha256": hashlib.sha256(image).hexdigest(),
         }
 
+    async def _failed(self, reason: str) -> None:
+        """The background update failed after the command's `ok`: count it and audit it."""
+        self.fw_updates["failed"] += 1
+        if self.sink is not None and self.device is not None:
+            await self.sink.action_failed(self.device.id, "firmware_update", reason)
+
     async def _report(self, state: str, pct: int) -> None:
         if (state, pct) == self._fw_reported:
             return
@@ -370,24 +376,24 @@ class BridgeDriver(Driver):
                 if self.online.is_set():  # else the offline state event said so
                     await self._report("interrupted", pct)
                 if losses > 10:
-                    self.fw_updates["failed"] += 1
                     if self.online.is_set():
                         await self._report("failed", pct)
+                    await self._failed(f"link lost {losses} times: {e}")
                     return
                 await asyncio.sleep(0.5)
                 continue
             except FirmwareError as e:
-                self.fw_updates["failed"] += 1
                 log.warning("firmware update failed: bus=%s reason=%s", self.bus.id, e)
                 await self._report("rejected" if isinstance(e, ImageRejectedError) else "failed", 0)
+                await self._failed(str(e))
                 return
             except Exception as e:  # noqa: BLE001 - a background task has no caller to tell
                 # Anything else (a message the codec refuses, a bug) must not end the task
                 # silently with the district still seeing "transferring".
-                self.fw_updates["failed"] += 1
                 log.error("firmware update failed: bus=%s error=%r", self.bus.id, e)
                 pct = self._fw_reported[1] if self._fw_reported else 0
                 await self._report("failed", pct)
+                await self._failed(f"{type(e).__name__}: {e}")
                 return
             if start:
                 self.fw_updates["resumed"] += 1
