@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from agent import __version__
+from agent import __version__, cli_keys
 from agent.config import (
     DEFAULT_PATH,
     SiteConfig,
@@ -141,8 +141,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         + f" (store {_mb(s.get('used_bytes', 0))} of {_mb(s.get('max_size', 0))})"
     )
     ref = doc.get("refused", {})
-    if ref.get("count"):
-        print(f"refused:  {ref['count']} events refused by the broker, last: {ref.get('last')}")
+    if ref.get("count") or ref.get("parked"):
+        # `count` is since this start; `parked` is what the store still holds back.
+        last = f", last: {ref['last']}" if ref.get("last") else ""
+        print(
+            f"refused:  {ref.get('count', 0)} events refused by the broker since start, "
+            f"{ref.get('parked', 0)} parked (kept; sent again after SIGHUP/`systemctl reload` "
+            f"or an hour after the last retry){last}"
+        )
+    if ref.get("status_topic"):
+        print(f"refused:  the broker refuses the status topic: {ref['status_topic']}")
     if s.get("recovered"):
         r = s["recovered"]
         print(f"store:    DAMAGED FILE moved to {r.get('moved_to')} ({r.get('reason')})")
@@ -170,6 +178,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# C0 controls (ESC among them), DEL and C1 controls (CSI 0x9b...): from the wire they could
+# move the cursor, recolour or clear the operator's terminal, or fake a line. Shown escaped.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as a visible `\\xNN` escape."""
+    return text.translate(_CONTROLS)
 
 
 def describe(topic: str, payload: bytes, prefix: str = TOPIC_ROOT) -> str:
@@ -264,9 +282,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if args.kind and topic_level(msg.topic, origin.prefix) != args.kind:
             return
         if args.raw:
-            print(msg.topic, msg.payload.decode(errors="replace"), flush=True)
+            line = f"{msg.topic} {msg.payload.decode(errors='replace')}"
         else:
-            print(describe(msg.topic, bytes(msg.payload), origin.prefix), flush=True)
+            line = describe(msg.topic, bytes(msg.payload), origin.prefix)
+        print(printable(line), flush=True)
         seen += 1
         if args.count and seen >= args.count:
             c.disconnect()
@@ -438,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show", "check"])
     p.add_argument("target", nargs="?", help="a profile id (show) or a profile file (check)")
     p.set_defaults(fn=cmd_profiles)
+    cli_keys.register(sub)
     return parser
 
 

@@ -14,10 +14,18 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from contextvars import ContextVar
+from typing import Annotated, Any
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from agent.config import SiteConfig
 from agent.contract import (
@@ -31,15 +39,34 @@ from agent.contract import (
     device_of,
     reply_document,
 )
-from agent.errors import ActionError
+from agent.errors import ActionError, BadArgumentError
 from agent.profiles import Action
 from agent.sample import BoundDevice, Value
+from agent.signing import SignatureError, verify
 from agent.validation import first_error
 
 log = logging.getLogger(__name__)
 
-MAX_PAYLOAD = 16 * 1024
+MAX_PAYLOAD = 16 * 1024  # the default of [commands] max_payload
 ACTION_TIMEOUT = 15.0
+
+
+def _text_only(v: object) -> object:
+    if not isinstance(v, str):
+        raise ValueError("must be an RFC 3339 date-time string, e.g. '2026-12-05T08:00:00Z'")  # noqa: TRY004 - pydantic wants ValueError
+    return v
+
+
+# The contract says RFC 3339 text; pydantic alone would also take a number of seconds.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_text_only)]
+
+
+class CommandSignature(BaseModel):
+    """An Ed25519 signature of the command's canonical bytes (agent/signing.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kid: str = Field(min_length=1, max_length=64, description="The signing key's id.")
+    ed25519: str = Field(min_length=1, max_length=200, description="The signature, base64.")
 
 
 class CommandRequest(BaseModel):
@@ -49,8 +76,9 @@ class CommandRequest(BaseModel):
     id: str = Field(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     action: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
     args: dict[str, Any] = Field(default_factory=dict)
-    ts: AwareDatetime
-    expires: AwareDatetime | None = None
+    ts: Timestamp
+    expires: Timestamp | None = None
+    sig: CommandSignature | None = None
 
 
 class Rejected(Exception):  # noqa: N818 - a control-flow outcome, not an error condition
@@ -62,8 +90,15 @@ class Rejected(Exception):  # noqa: N818 - a control-flow outcome, not an error 
         self.detail = detail
 
 
+# The id of the command whose action is being carried out (None outside one): a driver's
+# background task started by `act` inherits it, so a later failure is audited under it.
+CURRENT_COMMAND: ContextVar[str | None] = ContextVar("campus_agent_command", default=None)
+
 ActFn = Callable[[BoundDevice, str, Mapping[str, Any]], Awaitable[Mapping[str, Value]]]
-Remember = Callable[[str, float], Awaitable[bool]]
+# Record a command id until a time: True if new, else the outcome of the first one ("" if
+# it has none yet); and note that outcome once known.
+Remember = Callable[[str, float], Awaitable[bool | str]]
+NoteOutcome = Callable[[str, str], Awaitable[None]]
 # Publish a reply: topic, payload, MQTT 5 correlation data (or None); False when offline.
 ReplyFn = Callable[[str, bytes, bytes | None], bool]
 
@@ -106,12 +141,15 @@ class CommandRouter:
         *,
         act: ActFn,
         remember: Remember,
+        note_outcome: NoteOutcome,
         reply: ReplyFn,
         record: Callable[[NewEvent], None],
     ) -> None:
         self.config = config
+        self._keys = config.commands.public_keys()
         self._act = act
         self._remember = remember
+        self._note_outcome = note_outcome
         self._reply = reply
         self._record = record
         self.accepted = 0
@@ -122,8 +160,9 @@ class CommandRouter:
         self._origin = Origin(config.agent.topic_prefix, config.agent.school, config.agent.gateway)
 
     def reconfigure(self, config: SiteConfig) -> None:
-        """Use a reloaded config (devices and allowlist) from now on."""
+        """Use a reloaded config (devices, allowlist, keys) from now on."""
         self.config = config
+        self._keys = config.commands.public_keys()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -144,10 +183,11 @@ class CommandRouter:
         device_id = device_of(topic)
         req: CommandRequest | None = None
         device: BoundDevice | None = None
+        extra: dict[str, Any] = {}  # what the audit event adds (the signing key)
         try:
-            req = self._parse(payload)
+            req, doc = self._parse(payload)
             device = self.config.device(device_id)
-            outcome = await self._authorize_and_run(req, device, device_id)
+            outcome = await self._authorize_and_run(req, doc, topic, device, device_id, extra=extra)
         except Rejected as r:
             outcome = CommandOutcome(r.code, r.detail)
         except Exception as e:  # noqa: BLE001 - every command gets one reply and one audit
@@ -168,11 +208,12 @@ class CommandRouter:
             outcome.code,
         )
         self._send_reply(device_id, req, outcome, response_topic, correlation)
-        self._audit(device, device_id, req, outcome)
+        self._audit(device, device_id, req, outcome, extra)
 
-    def _parse(self, payload: bytes) -> CommandRequest:
-        if len(payload) > MAX_PAYLOAD:
-            raise Rejected(Code.TOO_LARGE, f"command larger than {MAX_PAYLOAD} bytes")
+    def _parse(self, payload: bytes) -> tuple[CommandRequest, dict[str, Any]]:
+        limit = self.config.commands.max_payload
+        if len(payload) > limit:
+            raise Rejected(Code.TOO_LARGE, f"command larger than {limit} bytes")
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -180,12 +221,19 @@ class CommandRouter:
         if not isinstance(doc, dict):
             raise Rejected(Code.MALFORMED, "payload must be a JSON object")
         try:
-            return CommandRequest.model_validate(doc)
+            return CommandRequest.model_validate(doc), doc
         except ValidationError as e:
             raise Rejected(Code.INVALID, first_error(e)) from None
 
     async def _authorize_and_run(
-        self, req: CommandRequest, device: BoundDevice | None, device_id: str
+        self,
+        req: CommandRequest,
+        doc: dict[str, Any],
+        topic: str,
+        device: BoundDevice | None,
+        device_id: str,
+        *,
+        extra: dict[str, Any],
     ) -> CommandOutcome:
         if device is None:
             raise Rejected(Code.UNKNOWN_DEVICE, f"no device {device_id!r} on this gateway")
@@ -203,6 +251,8 @@ class CommandRouter:
             raise Rejected(
                 Code.NOT_ALLOWED, f"action {req.action!r} is not allowlisted on this site"
             )
+        if (kid := self._check_signature(action, doc, topic)) is not None:
+            extra["signed_by"] = kid
         args = check_args(action, req.args)
         now = time.time()
         issued = req.ts.timestamp()
@@ -215,20 +265,55 @@ class CommandRouter:
         if now - issued > max_age:
             raise Rejected(Code.EXPIRED, f"command older than {max_age:g}s")
         keep_until = max(issued + max_age + skew, req.expires.timestamp() if req.expires else 0)
-        if not await self._remember(req.id, keep_until):
-            raise Rejected(Code.REPLAYED, f"command id {req.id!r} was already received")
+        first = await self._remember(req.id, keep_until)
+        if first is not True:
+            raise Rejected(
+                Code.REPLAYED,
+                f"command id {req.id!r} was already received"
+                + (f" (its outcome: {first})" if first else ""),
+            )
+        token = CURRENT_COMMAND.set(req.id)
+        try:
+            outcome = await self._run(device, req.action, args)
+        finally:
+            CURRENT_COMMAND.reset(token)
+        await self._note_outcome(req.id, str(outcome.code))
+        return outcome
+
+    async def _run(
+        self, device: BoundDevice, action: str, args: Mapping[str, Any]
+    ) -> CommandOutcome:
         lock = self._locks.setdefault(device.id, asyncio.Lock())
         try:
             async with lock:  # one action at a time per device
-                data = await asyncio.wait_for(self._act(device, req.action, args), ACTION_TIMEOUT)
+                data = await asyncio.wait_for(self._act(device, action, args), ACTION_TIMEOUT)
+        except BadArgumentError as e:
+            return CommandOutcome(Code.BAD_ARGS, str(e))
         except ActionError as e:
             return CommandOutcome(Code.ACTION_FAILED, str(e))
         except TimeoutError:
             return CommandOutcome(Code.TIMEOUT, f"device did not complete in {ACTION_TIMEOUT:g}s")
         except Exception as e:  # noqa: BLE001 - a driver bug must still get a reply and audit
-            log.warning("driver raised: device=%s action=%s error=%r", device.id, req.action, e)
+            log.warning("driver raised: device=%s action=%s error=%r", device.id, action, e)
             return CommandOutcome(Code.ACTION_FAILED, f"driver error: {_short(e)}")
         return CommandOutcome(Code.OK, "done", data)
+
+    def _check_signature(self, action: Action, doc: dict[str, Any], topic: str) -> str | None:
+        """The key id that signed the command (None: unsigned and allowed); else Rejected."""
+        cmds = self.config.commands
+        mode = cmds.signature_mode
+        if cmds.keys and action.signature == "required":
+            mode = "required"
+        if mode == "off":
+            return None
+        try:
+            kid = verify(topic, doc, self._keys)
+        except SignatureError as e:
+            raise Rejected(Code.BAD_SIGNATURE, str(e)) from None
+        if kid is None and mode == "required":
+            why = "this site" if action.signature == "site" else f"action {action.name!r}"
+            raise Rejected(Code.UNSIGNED, f"{why} requires a signed command")
+        return kid
 
     def _send_reply(
         self,
@@ -266,10 +351,12 @@ class CommandRouter:
         device_id: str,
         req: CommandRequest | None,
         outcome: CommandOutcome,
+        extra: dict[str, Any],
     ) -> None:
         command = outcome.record(req.id if req else None, req.action if req else None)
         if device is None:
             command["requested_device"] = device_id[:64]
+        command.update(extra)
         self._record(
             NewEvent(
                 kind=Kind.AUDIT,

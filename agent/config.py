@@ -7,16 +7,24 @@ keys are errors. This module reads files; it never opens a port or a connection.
 from __future__ import annotations
 
 import os
-import ssl
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent import registry
+from agent.config_files import FileChecks, resolve_path
 from agent.contract import TOPIC_ROOT
 from agent.driver import Driver
 from agent.errors import ConfigError, Problem, ProfileError
@@ -29,6 +37,7 @@ from agent.profiles import (
     shipped_profiles,
 )
 from agent.sample import BoundDevice, BusSpec
+from agent.signing import public_key_from_text
 from agent.units import (
     DAY,
     HOUR,
@@ -42,6 +51,9 @@ from agent.units import (
     size_range,
 )
 from agent.validation import CONFIG_FOLDER
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 DEFAULT_PATH = Path("/etc/campus-agent/agent.toml")
 TOPIC_SAFE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -146,6 +158,10 @@ class MqttSection(_Strict):
     reconnect_spread: Annotated[Duration, _RECONNECT_SPREAD] = 1.0
     # Sending a password over mqtt:// puts it on the wire in plain text: refused unless set.
     allow_plaintext_password: bool = False
+    # MQTT 5: the largest packet we accept, told to the broker in CONNECT; it never sends a
+    # bigger one (a command is at most [commands] max_payload). 3.1.1 has no such field: the
+    # broker's own limit (mosquitto `max_packet_size`) is then the only guard (docs/scaling.md).
+    max_packet_size: Size = Field(default=20 * 1024, ge=2 * 1024, le=16 * 1024**2)
 
     @field_validator("url")
     @classmethod
@@ -165,11 +181,28 @@ class StoreSection(_Strict):
     # Telemetry alone may wait this long to be committed with others (alarms never wait).
     telemetry_delay: Annotated[Duration, _TELEMETRY_DELAY] = 0.05
     synchronous: Literal["full", "normal"] = "full"
+    # Audit events (who commanded what) are never evicted to make room for other events;
+    # they are kept up to this many, and up to a quarter of max_size, oldest dropped first.
+    audit_keep: int = Field(default=20_000, ge=100, le=1_000_000)
 
 
 class PrivacySection(_Strict):
     card_id: Literal["hash", "raw"] = "hash"
     card_key_file: Path | None = None
+
+
+class SigningKey(_Strict):
+    """A district public key commands may be signed with (docs/mqtt-api.md, Signed commands)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # 32 raw bytes in base64 (`campus-agent keygen` prints it) or a PEM "PUBLIC KEY" block.
+    public_key: str = Field(max_length=2000)
+
+    @field_validator("public_key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        public_key_from_text(v)
+        return v
 
 
 class CommandsSection(_Strict):
@@ -179,6 +212,40 @@ class CommandsSection(_Strict):
     # An MQTT 5 request's response topic is used only under this prefix (default: this
     # gateway's own cmd-reply/); any other is ignored (the reply still goes to cmd-reply/).
     response_topics: str | None = Field(default=None, min_length=1, max_length=200)
+    # A flood of commands costs at most this much: `rate` a second (`burst` saved up) and
+    # `queue` waiting; the rest is dropped, counted, answered `busy` at most `busy_replies`
+    # a second and summed up in one audit event per `busy_audit_interval`.
+    rate: float = Field(default=10.0, ge=0.1, le=1000.0)
+    burst: int = Field(default=50, ge=1, le=10000)
+    queue: int = Field(default=100, ge=1, le=10000)
+    busy_replies: float = Field(default=2.0, ge=0.1, le=100.0)
+    busy_audit_interval: Duration = Field(default=10.0, ge=1.0, le=3600.0)
+    max_payload: Size = Field(default=16 * 1024, ge=1024, le=1024**2)
+    # Ed25519 signatures: required on every command, optional (checked when present), or
+    # off. Default: required once a key is configured. A profile's action may require one
+    # (`signature = "required"`, e.g. disarm) whenever keys are configured, whatever this says.
+    signatures: Literal["required", "optional", "off"] | None = None
+    keys: list[SigningKey] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _keys_for_signatures(self) -> CommandsSection:
+        if self.signatures in ("required", "optional") and not self.keys:
+            raise ValueError(
+                f'signatures = "{self.signatures}" needs at least one [[commands.keys]] '
+                "(the district's public key)"
+            )
+        ids = [k.id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two [[commands.keys]] have the same id")
+        return self
+
+    @property
+    def signature_mode(self) -> str:
+        """What the site asks of every command: required, optional or off."""
+        return self.signatures or ("required" if self.keys else "off")
+
+    def public_keys(self) -> dict[str, Ed25519PublicKey]:
+        return {k.id: public_key_from_text(k.public_key) for k in self.keys}
 
     @field_validator("response_topics")
     @classmethod
@@ -186,6 +253,15 @@ class CommandsSection(_Strict):
         if v is not None and (any(c in v for c in "+#\0") or v.startswith("/")):
             raise ValueError(f"{v!r} is not a topic prefix: no '+', '#', NUL or leading '/'")
         return v
+
+
+class AlarmsSection(_Strict):
+    """Alarm storms: a device sending more alarm edges than this is coalesced (agent/points.py
+    StormLimit): first edges sent, then the latest of each point every `storm_report`."""
+
+    storm_rate: float = Field(default=20.0, ge=0.1, le=10000.0)
+    storm_burst: int = Field(default=40, ge=1, le=100000)
+    storm_report: Duration = Field(default=10.0, ge=1.0, le=600.0)
 
 
 class _BusBase(BaseModel):
@@ -223,9 +299,21 @@ class _Site(_Strict):
     store: StoreSection = StoreSection()
     privacy: PrivacySection = PrivacySection()
     commands: CommandsSection = CommandsSection()
+    alarms: AlarmsSection = AlarmsSection()
     profile_dirs: list[Path] = Field(default_factory=list)
     buses: list[_BusBase] = Field(default_factory=list)
     devices: list[_DeviceBase] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _packet_fits_a_command(self) -> _Site:
+        need = self.commands.max_payload + 1024  # the topic and properties of a command
+        if self.mqtt.protocol == "5" and self.mqtt.max_packet_size < need:
+            raise ValueError(
+                f"[mqtt] max_packet_size ({self.mqtt.max_packet_size}) must be at least "
+                f"[commands] max_payload + 1KiB ({need}): the broker would never deliver "
+                "the largest command"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -240,6 +328,7 @@ class SiteConfig:
     commands: CommandsSection
     buses: tuple[BusSpec, ...]
     devices: tuple[BoundDevice, ...]
+    alarms: AlarmsSection = field(default_factory=AlarmsSection)
     # What `check` prints (and `run` logs) as a warning: allowed, but worth a second look.
     warnings: tuple[Problem, ...] = ()
 
@@ -268,11 +357,7 @@ def _one_of(names: list[str]) -> str:
     return ", ".join(names) if names else "(none)"
 
 
-def _resolve_path(base: Path, p: Path) -> Path:
-    return p if p.is_absolute() else (base / p)
-
-
-class _Checker:
+class _Checker(FileChecks):
     """Collects every problem in one pass over a config."""
 
     def __init__(self, path: Path, shown: str) -> None:
@@ -282,100 +367,6 @@ class _Checker:
         self.warnings: list[Problem] = []
         self.profile_files: dict[str, str] = {}
 
-    def add(self, entry: str, message: str) -> None:
-        self.problems.append(Problem(self.file, entry, message))
-
-    def check_files(self, site: _Site, base: Path) -> None:
-        m = site.mqtt
-        for key in ("ca_file", "cert_file", "key_file", "password_file"):
-            value = getattr(m, key)
-            if value is not None and not _resolve_path(base, value).is_file():
-                self.add(f"mqtt.{key}", f"file {str(value)!r} does not exist or is not a file")
-            elif value is not None and not os.access(_resolve_path(base, value), os.R_OK):
-                self.add(f"mqtt.{key}", f"file {str(value)!r} is not readable by this user")
-        for entry, secret in (
-            ("mqtt.password_file", m.password_file),
-            ("mqtt.key_file", m.key_file),
-            ("privacy.card_key_file", site.privacy.card_key_file),
-        ):
-            if secret is not None:
-                self.check_secret(entry, _resolve_path(base, secret))
-        if m.password_file is not None and m.password_env is not None:
-            self.add("mqtt.password_env", "give password_file or password_env, not both")
-        if (m.cert_file is None) != (m.key_file is None):
-            self.add("mqtt.cert_file", "a client certificate needs both cert_file and key_file")
-        if (m.cert_file or m.ca_file) and not m.address.tls:
-            self.add("mqtt.url", "TLS files are set but the URL is mqtt://; use mqtts://")
-        if m.reconnect_min > m.reconnect_max:
-            self.add("mqtt.reconnect_min", "must not be larger than reconnect_max")
-        self.check_plaintext(m)
-        if m.password_env is not None and m.password_env not in os.environ:
-            self.add(
-                "mqtt.password_env",
-                f"environment variable {m.password_env!r} is not set in this environment",
-            )
-        self.check_tls(m, base)
-        pk = site.privacy
-        card_key = pk.card_key_file
-        if (
-            pk.card_id == "hash"
-            and card_key is not None
-            and not _resolve_path(base, card_key).is_file()
-        ):
-            self.add("privacy.card_key_file", f"file {str(pk.card_key_file)!r} does not exist")
-
-    def check_plaintext(self, m: MqttSection) -> None:
-        """A password over mqtt:// crosses the network readable by anyone on the path."""
-        if m.address.tls or (m.password_file is None and m.password_env is None):
-            return
-        where = "mqtt.password_file" if m.password_file is not None else "mqtt.password_env"
-        if m.allow_plaintext_password:
-            self.warnings.append(
-                Problem(self.file, where, "the password is sent in plain text (mqtt://)")
-            )
-            return
-        self.add(
-            where,
-            "a password over mqtt:// is sent in plain text: use mqtts://, or set "
-            "allow_plaintext_password = true in [mqtt] on a network you trust",
-        )
-
-    def check_secret(self, entry: str, path: Path) -> None:
-        """A secret file must not be readable by other users (like ssh's private keys)."""
-        try:
-            mode = path.stat().st_mode
-        except OSError:
-            return  # reported as missing elsewhere
-        if mode & 0o007:
-            self.add(
-                entry,
-                f"{str(path)!r} is readable by every user on this machine; "
-                f"run: chmod 600 {path} (or 640 with the agent's group)",
-            )
-
-    def check_tls(self, m: MqttSection, base: Path) -> None:
-        """Load the TLS files the way the publisher will, so `check` catches bad PEM."""
-        if not m.address.tls:
-            return
-        ca = _resolve_path(base, m.ca_file) if m.ca_file else None
-        if ca is not None and ca.is_file():
-            try:
-                ssl.create_default_context(cafile=str(ca))
-            except (ssl.SSLError, ValueError) as e:
-                self.add("mqtt.ca_file", f"{str(m.ca_file)!r} is not a PEM CA certificate ({e})")
-        if m.cert_file and m.key_file:
-            cert = _resolve_path(base, m.cert_file)
-            key = _resolve_path(base, m.key_file)
-            if cert.is_file() and key.is_file():
-                try:
-                    ssl.create_default_context().load_cert_chain(str(cert), str(key))
-                except (ssl.SSLError, ValueError) as e:
-                    self.add(
-                        "mqtt.cert_file",
-                        f"{str(m.cert_file)!r} and {str(m.key_file)!r} are not a matching PEM "
-                        f"certificate and private key ({e})",
-                    )
-
     def profile_for(
         self, entry: str, ref: str | dict[str, Any], base: Path, dirs: list[Path]
     ) -> Profile | None:
@@ -383,8 +374,8 @@ class _Checker:
             if isinstance(ref, dict):
                 return parse_profile(ref, f"{self.file}: {entry}")
             if ref.endswith(".toml") or "/" in ref:
-                profile = load_profile_file(_resolve_path(base, Path(ref)))
-                self.profile_files[profile.id] = str(_resolve_path(base, Path(ref)))
+                profile = load_profile_file(resolve_path(base, Path(ref)))
+                self.profile_files[profile.id] = str(resolve_path(base, Path(ref)))
                 return profile
             # The site's own profile folders win over the shipped profiles.
             known: dict[str, Path] = dict(shipped_profiles())
@@ -468,8 +459,8 @@ def load_config(path: Path | str) -> SiteConfig:
     path = Path(os.path.abspath(path))
     c = _Checker(path, shown)
     base = path.parent
-    c.check_files(site, base)
-    dirs = [_resolve_path(base, d) for d in site.profile_dirs]
+    c.check_files(site.mqtt, site.privacy, base)
+    dirs = [resolve_path(base, d) for d in site.profile_dirs]
 
     buses: list[BusSpec] = []
     bus_drivers: dict[str, type[Driver] | None] = {}
@@ -559,18 +550,18 @@ def load_config(path: Path | str) -> SiteConfig:
         raise ConfigError(c.problems)
     mqtt = site.mqtt.model_copy(
         update={
-            k: _resolve_path(base, getattr(site.mqtt, k))
+            k: resolve_path(base, getattr(site.mqtt, k))
             for k in ("ca_file", "cert_file", "key_file", "password_file")
             if getattr(site.mqtt, k) is not None
         }
     )
-    store = site.store.model_copy(update={"path": _resolve_path(base, site.store.path)})
+    store = site.store.model_copy(update={"path": resolve_path(base, site.store.path)})
     status_file = site.agent.status_file or store.path.with_name(store.path.name + ".status.json")
-    agent = site.agent.model_copy(update={"status_file": _resolve_path(base, status_file)})
+    agent = site.agent.model_copy(update={"status_file": resolve_path(base, status_file)})
     privacy = site.privacy
     if privacy.card_key_file is not None:
         privacy = privacy.model_copy(
-            update={"card_key_file": _resolve_path(base, privacy.card_key_file)}
+            update={"card_key_file": resolve_path(base, privacy.card_key_file)}
         )
     return SiteConfig(
         path=path,
@@ -579,6 +570,7 @@ def load_config(path: Path | str) -> SiteConfig:
         store=store,
         privacy=privacy,
         commands=site.commands,
+        alarms=site.alarms,
         buses=tuple(buses),
         devices=tuple(devices),
         warnings=tuple(c.warnings),

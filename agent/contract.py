@@ -39,18 +39,27 @@ EVENT_KINDS = (Kind.TELEMETRY, Kind.ALARM, Kind.ACCESS, Kind.STATE, Kind.AUDIT)
 
 
 class Priority(IntEnum):
-    """Send order after an outage, and (reversed) eviction order when the store is full."""
+    """The store's classes of events. ALARM..TELEMETRY: send order after an outage, and
+    (reversed) eviction order when the store is full. AUDIT (who commanded what) is sent
+    after ACCESS (SEND_ORDER) and is never evicted for room: it has its own retention
+    ([store] audit_keep), which telemetry or alarms cannot take. The numbers are stored."""
 
     ALARM = 0
     ACCESS = 1
     STATE = 2
     TELEMETRY = 3
+    AUDIT = 4
+
+
+SEND_ORDER = (Priority.ALARM, Priority.ACCESS, Priority.AUDIT, Priority.STATE, Priority.TELEMETRY)
+SEND_RANK = {int(p): rank for rank, p in enumerate(SEND_ORDER)}  # 0: sent first
+LAST_RANK = len(SEND_ORDER) - 1
 
 
 PRIORITY = {
     Kind.ALARM: Priority.ALARM,
     Kind.ACCESS: Priority.ACCESS,
-    Kind.AUDIT: Priority.ACCESS,
+    Kind.AUDIT: Priority.AUDIT,
     Kind.STATE: Priority.STATE,
     Kind.TELEMETRY: Priority.TELEMETRY,
 }
@@ -291,6 +300,9 @@ class Code(StrEnum):
     FROM_FUTURE = "from_future"
     EXPIRED = "expired"
     REPLAYED = "replayed"
+    BUSY = "busy"
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad_signature"
     ACTION_FAILED = "action_failed"
     TIMEOUT = "timeout"
 
@@ -309,6 +321,9 @@ COMMAND_CODES: dict[Result, tuple[Code, ...]] = {
         Code.FROM_FUTURE,
         Code.EXPIRED,
         Code.REPLAYED,
+        Code.BUSY,
+        Code.UNSIGNED,
+        Code.BAD_SIGNATURE,
     ),
     Result.FAILED: (Code.ACTION_FAILED, Code.TIMEOUT),
 }

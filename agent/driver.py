@@ -42,6 +42,10 @@ class DeviceSink(Protocol):
     ) -> None:
         """Report that a device answers again (online) or stopped answering (offline)."""
 
+    async def action_failed(self, device: str, action: str, reason: str) -> None:
+        """An action that was replied `ok` (it started) failed later, in the background (a
+        firmware update): recorded as an audit event of the command that started it."""
+
 
 class NoOptions(BaseModel):
     """A driver that adds no keys to a [[buses]] or [[devices]] entry."""

@@ -49,6 +49,11 @@ class ActionError(AgentError):
     """A device action (command) failed; the reason is sent back to the district."""
 
 
+class BadArgumentError(ActionError):
+    """A device action's arguments were refused by its driver before the device was asked
+    (replied `rejected`/`bad_args`, as the profile's own argument checks are)."""
+
+
 class StoreError(AgentError):
     """The local outbox cannot be used (not open, disk full)."""
 

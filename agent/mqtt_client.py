@@ -54,6 +54,15 @@ def make_client(
     return client
 
 
+def connect_properties(cfg: MqttSection) -> Properties | None:
+    """MQTT 5 CONNECT properties: the largest packet the broker may send us."""
+    if cfg.protocol != "5":
+        return None
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.MaximumPacketSize = cfg.max_packet_size
+    return props
+
+
 def correlation_properties(correlation: bytes | None) -> Properties | None:
     """MQTT 5 PUBLISH properties carrying a reply's correlation data (None: no properties)."""
     if not correlation:

@@ -31,6 +31,49 @@ def _scaled(value: Value, scale: float, offset: float) -> Value:
     return round(value * scale + offset, 9)
 
 
+@dataclass(frozen=True)
+class StormLimit:
+    """How many alarm edges a second one device may send before they are coalesced."""
+
+    rate: float = 20.0  # edges a second, on average
+    burst: int = 40  # edges at once (every zone of a fence host alarming together)
+    report: float = 10.0  # during a storm: the latest edges and the counts this often
+
+
+class _Storm:
+    """A token bucket of alarm edges; while it is empty the device is in a storm."""
+
+    def __init__(self, limit: StormLimit) -> None:
+        self.limit = limit
+        self.tokens = float(limit.burst)
+        self.t = -math.inf
+        self.active = False
+        self.started = False  # the storm began since the last step: say so
+        self.since = 0.0
+        self.coalesced = 0  # edges held back since the storm began
+        self.last_report = 0.0
+        self.held: dict[str, tuple[bool, NewEvent]] = {}  # per point: its latest edge
+
+    def refill(self, ts: float) -> None:
+        if self.t != -math.inf and ts > self.t:
+            self.tokens = min(
+                float(self.limit.burst), self.tokens + (ts - self.t) * self.limit.rate
+            )
+        self.t = max(self.t, ts)
+
+    def admit(self, ts: float) -> bool:
+        self.refill(ts)
+        if not self.active and self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.tokens = max(0.0, self.tokens - 1.0)
+        if not self.active:
+            self.active, self.started, self.since, self.coalesced = True, True, ts, 0
+            self.last_report = ts
+        self.coalesced += 1
+        return False
+
+
 @dataclass
 class _Alarm:
     reported: bool | None = None  # the state the district knows
@@ -41,8 +84,10 @@ class _Alarm:
 class DevicePoints:
     """Turns one device's Samples into events, remembering what was last reported."""
 
-    def __init__(self, device: BoundDevice) -> None:
+    def __init__(self, device: BoundDevice, storm: StormLimit | None = None) -> None:
         self.device = device
+        self._storm = _Storm(storm or StormLimit())
+        self._sent: dict[str, bool] = {}  # per alarm point: the last edge sent
         self.profile = device.profile
         d = self.profile.defaults
         self._heartbeat = d.heartbeat
@@ -97,7 +142,12 @@ class DevicePoints:
             elif point.kind == "alarm":
                 edge = self._alarm_edge(name, bool(value), sample.ts)
                 if edge is not None:
-                    out.append(self._alarm_event(point, edge, value, sample.ts))
+                    event = self._alarm_event(point, edge, value, sample.ts)
+                    if self._storm.admit(sample.ts):
+                        out.append(event)
+                        self._sent[name] = edge
+                    else:
+                        self._storm.held[name] = (edge, event)
             elif self._state.get(name) != value:
                 self._state[name] = value
                 changed_state = True
@@ -118,7 +168,48 @@ class DevicePoints:
         if changed_state:
             # A state event is retained: it carries the whole known state, not only the change.
             out.append(self._event(Kind.STATE, sample.ts, {"online": True, **self._state}))
+        if self._storm.active:
+            out.extend(self.tick(sample.ts))
         return out
+
+    # ---- alarm storms ------------------------------------------------------------------
+
+    def tick(self, ts: float, *, final: bool = False) -> list[NewEvent]:
+        """During an alarm storm: its start, then every `report` seconds the latest edge of
+        each point (if it differs from the last one sent) and the counts, and its end once
+        the edge rate is back under the limit (`final`: end it now, e.g. the device is
+        reconfigured). Called with each sample and, by the runtime, every second."""
+        st = self._storm
+        if not st.active:
+            return []
+        st.refill(ts)
+        out: list[NewEvent] = []
+        if st.started:
+            st.started = False
+            out.append(self._storm_event(ts, active=True))
+        ended = final or st.tokens >= st.limit.burst
+        if ended or ts - st.last_report >= st.limit.report:
+            st.last_report = ts
+            for name, (edge, event) in st.held.items():
+                if self._sent.get(name) != edge:
+                    out.append(event)
+                    self._sent[name] = edge
+            st.held.clear()
+            if ended:
+                st.active = False
+            out.append(self._storm_event(ts, active=not ended))
+        return out
+
+    def _storm_event(self, ts: float, *, active: bool) -> NewEvent:
+        st = self._storm
+        body: dict[str, Any] = {
+            "online": True,
+            **self._state,
+            "alarm_storm": active,
+            "alarm_storm_edges": st.coalesced,
+            "alarm_storm_since": round(st.since, 3),
+        }
+        return self._event(Kind.STATE, ts, body)
 
     def _should_report(self, values: dict[str, Value | None], quality: Quality, ts: float) -> bool:
         if quality != self._last_quality or ts - self._last_report >= self._heartbeat:

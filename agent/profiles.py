@@ -71,6 +71,9 @@ class Action(_Strict):
     args: dict[str, ActionArg] = Field(default_factory=dict)
     # What the action writes: the driver's own table, validated by its `action_wire` model.
     wire: dict[str, Any] | None = None
+    # "required": a valid Ed25519 signature whenever the site has keys, whatever its
+    # [commands] signatures says (disarming a fence); "site": as the site says.
+    signature: Literal["required", "site"] = "site"
 
 
 class Profile(_Strict):

@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,15 +29,23 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttSection
-from agent.contract import OFFLINE, ONLINE, Origin, last_will, status_document
+from agent.contract import OFFLINE, ONLINE, SEND_RANK, Origin, last_will, status_document
 from agent.errors import ConnectFailedError, UnreachableError
-from agent.mqtt_client import correlation_properties, make_client, response_of
+from agent.mqtt_client import (
+    connect_properties,
+    correlation_properties,
+    make_client,
+    response_of,
+)
 from agent.store import Store, StoredEvent
 
 log = logging.getLogger(__name__)
 
+RETRY_PARKED = 3600.0  # seconds between automatic retries of events the broker refused
+
 # A command message: topic, payload, MQTT 5 response topic and correlation data (or None).
-CommandHandler = Callable[[str, bytes, str | None, bytes | None], Awaitable[None]]
+# Called on the loop's thread for every message; it must not block or keep unbounded state.
+CommandHandler = Callable[[str, bytes, str | None, bytes | None], None]
 
 
 @dataclass
@@ -56,6 +65,39 @@ class PublisherStats:
     refusals_by_reason: dict[str, int] = field(default_factory=dict)
     status_refused: str | None = None  # the broker refused our retained status topic
     probes_answered: int = 0  # reconnect probes that found the broker listening again
+
+
+# TLS alerts a broker sends when it refuses our client certificate, and what to do.
+_CERT_REFUSED = (
+    "UNKNOWN_CA",
+    "BAD_CERTIFICATE",
+    "CERTIFICATE_",
+    "UNSUPPORTED_CERT",
+    "ACCESS_DENIED",
+)
+_NO_CERT = ("CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE")
+
+
+def _closed_before_connack(socket_errors: list[str], tls: bool) -> str:
+    """Why the broker closed the connection before its CONNACK, from what paho logged."""
+    for text in socket_errors:
+        m = re.search(r"\[SSL: ([A-Z0-9_]+)\]", text)
+        if m is None:
+            continue
+        alert = m.group(1)
+        if any(a in alert for a in _NO_CERT):
+            return (
+                f"TLS: broker requires a client certificate ({alert}): set cert_file and key_file"
+            )
+        if any(a in alert for a in _CERT_REFUSED):
+            return (
+                f"TLS: broker refused our client certificate ({alert}): "
+                "is cert_file signed by the CA the broker trusts, and still valid?"
+            )
+        return f"TLS: the broker ended the connection ({alert})"
+    cause = socket_errors[0].split(": ", 1)[-1] if socket_errors else "no reason given"
+    hint = "" if tls else " (is it a TLS port? use mqtts://)"
+    return f"connection closed by the broker before CONNACK{hint}: {cause}"
 
 
 class Publisher:
@@ -89,11 +131,11 @@ class Publisher:
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._lost = asyncio.Event()
         self._idle = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._rate_count = 0
         self._rate_t = time.monotonic()
         self._stopping = False
         self._status_mids: set[int] = set()
+        self._last_retry = time.monotonic()  # refused (parked) events were last retried
 
     # ---- public --------------------------------------------------------------------
 
@@ -188,6 +230,7 @@ class Publisher:
     async def retry_refused(self) -> int:
         """Send events the broker refused once more (after a config change, or hourly)."""
         self.stats.status_refused = None
+        self._last_retry = time.monotonic()
         return await self.store.unpark_all()
 
     def publish_direct(self, topic: str, payload: bytes, correlation: bytes | None = None) -> bool:
@@ -248,6 +291,15 @@ class Publisher:
         self._lost.clear()
         self._connack = loop.create_future()
         addr = self.cfg.address
+        # paho swallows a socket error on read (a TLS alert, a reset) into "connection
+        # lost" and only logs it: keep what it logged, to say why the broker dropped us.
+        socket_errors: list[str] = []
+
+        def on_log(c: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+            if level == mqtt.MQTT_LOG_ERR and "socket" in buf:
+                socket_errors.append(buf)
+
+        client.on_log = on_log
         try:
             # connect() blocks on DNS, TCP and the TLS handshake: keep it off the loop.
             await asyncio.to_thread(
@@ -256,6 +308,7 @@ class Publisher:
                 addr.port,
                 keepalive=int(self.cfg.keepalive),
                 clean_start=True if self.cfg.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=connect_properties(self.cfg),
             )
         except ssl.SSLCertVerificationError as e:
             self._teardown()
@@ -275,11 +328,23 @@ class Publisher:
         loop.add_reader(sock, self._do_read)
         if client.want_write():
             loop.add_writer(sock, self._do_write)
+        lost = asyncio.ensure_future(self._lost.wait())
         try:
-            rc = await asyncio.wait_for(self._connack, self.cfg.connect_timeout)
-        except TimeoutError:
+            await asyncio.wait(
+                (self._connack, lost),
+                timeout=self.cfg.connect_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            lost.cancel()
+            client.on_log = None
+        if not self._connack.done():
+            closed = self._lost.is_set()
             self._teardown()
-            raise ConnectFailedError("no CONNACK from the broker in time") from None
+            if closed:
+                raise ConnectFailedError(_closed_before_connack(socket_errors, addr.tls))
+            raise ConnectFailedError("no CONNACK from the broker in time")
+        rc = self._connack.result()
         if rc.is_failure:
             self._teardown()
             raise ConnectFailedError(f"broker refused the connection: {rc}")
@@ -320,7 +385,7 @@ class Publisher:
         while True:
             if (
                 not buffer
-                or (store.new_data.is_set() and store.min_new_priority < buffer[0].priority)
+                or (store.new_data.is_set() and store.min_new_rank < SEND_RANK[buffer[0].priority])
                 or store.evictions != epoch  # fetched rows may have been evicted since
             ):
                 if buffer:
@@ -349,12 +414,12 @@ class Publisher:
             after[ev.priority] = ev.seq
 
     async def _misc_loop(self, client: mqtt.Client) -> None:
-        ticks = 0
         while True:
             await asyncio.sleep(1.0)
             client.loop_misc()
-            ticks += 1
-            if ticks % 3600 == 0 and self.store.stats.parked:
+            # Hourly across connections: a broker that drops the client after a refusal
+            # (mosquitto does) would otherwise restart the hour at every reconnection.
+            if self.store.stats.parked and time.monotonic() - self._last_retry >= RETRY_PARKED:
                 await self.retry_refused()
             now = time.monotonic()
             dt = now - self._rate_t
@@ -474,11 +539,6 @@ class Publisher:
         self.store.ack((seq,))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if self.on_command is None:
-            return
-        response_topic, correlation = response_of(msg)
-        task = asyncio.ensure_future(
+        if self.on_command is not None:  # the command gate: synchronous, bounded
+            response_topic, correlation = response_of(msg)
             self.on_command(msg.topic, bytes(msg.payload), response_topic, correlation)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

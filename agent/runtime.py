@@ -27,14 +27,15 @@ import orjson
 
 from agent import __version__, registry
 from agent.clock import ClockState
-from agent.commands import CommandRouter
+from agent.command_gate import CommandGate
+from agent.commands import CURRENT_COMMAND, CommandRouter
 from agent.config import SiteConfig, load_config
-from agent.contract import Origin, status_details
+from agent.contract import Code, CommandOutcome, Kind, NewEvent, Origin, status_details
 from agent.driver import Driver
 from agent.errors import ActionError, ConfigError, Problem, StoreError
-from agent.points import DevicePoints
+from agent.points import DevicePoints, StormLimit
 from agent.publisher import Publisher
-from agent.sample import BoundDevice, BusSpec, Sample, Value
+from agent.sample import BoundDevice, BusSpec, Quality, Sample, Value
 from agent.store import Store
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class _Sink:
         if points is None:
             return
         state = a.devices.get(sample.device)
-        if state is not None and state.online is not True:
+        # A failed read (an exception reply, a timeout) is no reading: only a good one
+        # brings a device online.
+        if state is not None and state.online is not True and sample.quality is not Quality.BAD:
             a.set_available(sample.device, online=True, reason="")
         for ev in points.events(sample):
             await a.store.add_wait(ev)
@@ -82,6 +85,26 @@ class _Sink:
         info: Mapping[str, Value] | None = None,
     ) -> None:
         self.agent.set_available(device, online=online, reason=reason, info=dict(info or {}))
+
+    async def action_failed(self, device: str, action: str, reason: str) -> None:
+        a = self.agent
+        bound = a.config.device(device)
+        # The command id: the background task was started by the router's call to `act`,
+        # and a task keeps the context it was created in.
+        command = CommandOutcome(Code.ACTION_FAILED, reason[:500]).record(
+            CURRENT_COMMAND.get(), action
+        )
+        log.warning("action failed in the background: device=%s action=%s", device, action)
+        await a.store.add_wait(
+            NewEvent(
+                kind=Kind.AUDIT,
+                device=device,
+                category=bound.profile.category if bound else "gateway",
+                profile=bound.profile.id if bound else "gateway",
+                ts=time.time(),
+                body={"command": command},
+            )
+        )
 
 
 class Agent:
@@ -98,13 +121,23 @@ class Agent:
             commit_interval=config.store.commit_interval,
             telemetry_delay=config.store.telemetry_delay,
             synchronous=config.store.synchronous,
+            audit_keep=config.store.audit_keep,
             clock=ClockState("auto"),
         )
         self.router = CommandRouter(
             config,
             act=self._act,
             remember=self.store.remember_command,
+            note_outcome=self.store.note_command_outcome,
             reply=self._reply,
+            record=self.store.add,
+        )
+        self.gate = CommandGate(
+            config.commands,
+            self.origin,
+            handle=self.router.handle,
+            reply=self._reply,
+            known=lambda device: self.config.device(device) is not None,
             record=self.store.add,
         )
         self.publisher = Publisher(
@@ -113,7 +146,7 @@ class Agent:
             self.store,
             password=config.password(),
             status=self.public_status,
-            on_command=self.router.handle,
+            on_command=self.gate.offer,
         )
         self.points: dict[str, DevicePoints] = {}
         self.devices: dict[str, DeviceState] = {}
@@ -149,8 +182,15 @@ class Agent:
     def _bind(self, devices: Sequence[BoundDevice]) -> None:
         for d in devices:
             if d.id not in self.points or self.points[d.id].device != d:
-                self.points[d.id] = DevicePoints(d)
+                if (old := self.points.get(d.id)) is not None:
+                    for event in old.tick(time.time(), final=True):  # a storm's held edges
+                        self.store.add(event)
+                self.points[d.id] = DevicePoints(d, self._storm_limit())
             self.devices.setdefault(d.id, DeviceState())
+
+    def _storm_limit(self) -> StormLimit:
+        a = self.config.alarms
+        return StormLimit(a.storm_rate, a.storm_burst, a.storm_report)
 
     async def _supervise(self, bus: BusSpec, devices: tuple[BoundDevice, ...]) -> None:
         cls = registry.driver_class(bus.driver)
@@ -234,6 +274,7 @@ class Agent:
         new_devs = {b: tuple(d for d in new.devices if d.bus == b) for b in new_buses}
         self.config = new
         self.router.reconfigure(new)
+        self.gate.configure(new.commands)
         for bus_id, old_bus in old_buses.items():
             if bus_id not in new_buses or (
                 old_bus != new_buses[bus_id] or old_devs[bus_id] != new_devs[bus_id]
@@ -243,7 +284,9 @@ class Agent:
         for dev in list(self.devices):
             if dev not in live:
                 del self.devices[dev]
-                self.points.pop(dev, None)
+                if (gone := self.points.pop(dev, None)) is not None:
+                    for event in gone.tick(time.time(), final=True):
+                        self.store.add(event)
         for bus_id, bus in new_buses.items():
             if bus_id not in self.bus_tasks:
                 self._start_bus(bus)
@@ -313,7 +356,7 @@ class Agent:
                     "last_error": s.last_error,
                     "recovered": s.recovered,
                 },
-                "commands": self.router.status(),
+                "commands": {**self.router.status(), **self.gate.status()},
                 "driver_restarts": dict(self.restarts),
                 "buses": {
                     **self.stopped_bus_stats,
@@ -335,6 +378,10 @@ class Agent:
         last_public = 0.0
         status_error: OSError | None = None
         while True:
+            now = time.time()
+            for points in self.points.values():  # alarm storms end even if samples stop
+                for event in points.tick(now):
+                    self.store.add(event)
             self._oldest_age = await self.store.oldest_age()
             if self._oldest_age is not None:
                 self._oldest_age = round(self._oldest_age, 1)
@@ -378,6 +425,7 @@ class Agent:
             asyncio.create_task(self.store.run(), name="store.commit"),
             asyncio.create_task(self.publisher.run(), name="publisher"),
             asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self.gate.run(), name="commands"),
         ]
         reloads: set[asyncio.Task[bool]] = set()
 
@@ -411,6 +459,7 @@ class Agent:
 
     async def _shutdown(self, core: list[asyncio.Task[Any]]) -> None:
         log.info("stopping: draining in-flight events")
+        self.gate.flush_audit()  # commands dropped since the last summary are audited too
         for bus_id in list(self.bus_tasks):
             await self._stop_bus(bus_id)
         with contextlib.suppress(Exception):

@@ -22,7 +22,18 @@ from typing import Any
 import aiosqlite
 
 from agent.clock import ClockState
-from agent.contract import PRIORITY, RETAINED, NewEvent, Origin, Priority, encode, uuid7
+from agent.contract import (
+    LAST_RANK,
+    PRIORITY,
+    RETAINED,
+    SEND_ORDER,
+    SEND_RANK,
+    NewEvent,
+    Origin,
+    Priority,
+    encode,
+    uuid7,
+)
 from agent.errors import StoreError, StoreFullError
 from agent.store_files import ensure_reserve, integrity_problem, move_aside, salvage_seq_of
 
@@ -40,10 +51,14 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_prio_seq ON outbox (prio, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
-CREATE TABLE IF NOT EXISTS commands_seen (id TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS commands_seen (
+  id TEXT PRIMARY KEY, expires REAL NOT NULL, outcome TEXT
+);
 """
 PRIORITY_NAMES = {p.value: p.name.lower() for p in Priority}
+# Room is made by evicting these, in this order; never audit events (their own retention).
 EVICT_ORDER = (Priority.TELEMETRY, Priority.STATE, Priority.ACCESS, Priority.ALARM)
+AUDIT_KEEP = 20_000  # the default of [store] audit_keep
 MAX_PENDING = 200_000  # events held in memory while the disk refuses writes
 MAX_BATCH = 2_000  # events per transaction: bounds how long one commit holds the loop
 HIGH_WATER = 20_000  # a producer waits for a commit above this many queued events
@@ -100,8 +115,10 @@ class Store:
         telemetry_delay: float = 0.05,
         synchronous: str = "full",
         clock: ClockState | None = None,
+        audit_keep: int = AUDIT_KEEP,
     ) -> None:
         self.path = path
+        self.audit_keep = audit_keep
         self.origin = origin
         self.max_size = max_size
         self.commit_interval = commit_interval
@@ -112,10 +129,11 @@ class Store:
         self.last_seq = 0
         self.new_data = asyncio.Event()  # set after a commit that added rows
         self.evictions = 0  # eviction rounds so far
-        self.min_new_priority = int(Priority.TELEMETRY)  # most urgent priority since last fetch
+        self.min_new_rank = LAST_RANK  # the most urgent class (SEND_RANK) since the last fetch
         self._db: aiosqlite.Connection | None = None
         self._rdb: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._commands_outcome_column = False
         self._pending: list[NewEvent] = []
         self._acks: list[int] = []
         self._parks: list[tuple[int, str]] = []
@@ -192,7 +210,7 @@ class Store:
         await self._measure()
         if self.stats.backlog:
             self.new_data.set()
-            self.min_new_priority = int(Priority.ALARM)
+            self.min_new_rank = 0
 
     async def close(self) -> None:
         """Commit what is queued and close the database."""
@@ -291,12 +309,12 @@ class Store:
         seq = self._next_seq
         rows = []
         now = time.time()
-        top = int(Priority.TELEMETRY)
-        by_prio = [0, 0, 0, 0]
+        top = LAST_RANK
+        by_prio = [0] * len(Priority)
         for ev in batch:
             kind = ev.kind
             prio = int(PRIORITY[kind])
-            top = min(top, prio)
+            top = min(top, SEND_RANK[prio])
             by_prio[prio] += 1
             payload = encode(self.origin, ev, seq, uuid7(int(ev.ts * 1000)))
             topic = self.origin.topic(kind, ev.category, ev.device)
@@ -355,7 +373,7 @@ class Store:
         self.stats.parked += len(parks)
         self._committed.set()
         if rows:
-            self.min_new_priority = min(self.min_new_priority, top)
+            self.min_new_rank = min(self.min_new_rank, top)
             self.new_data.set()
         self._added_bytes += sum(len(r[4]) + 64 for r in rows)
         if (
@@ -404,6 +422,24 @@ class Store:
         used = await self._measure()
         if used > self.max_size * 0.8:
             await self._evict_locked(used - int(self.max_size * 0.7))
+        await self._trim_audit()
+
+    async def _trim_audit(self) -> None:
+        """Audit events beyond `audit_keep`, or beyond a quarter of the cap (oldest first):
+        their own retention, which no other class's pressure takes."""
+        db = self._require_db()
+        async with db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox WHERE prio = ?",
+            (int(Priority.AUDIT),),
+        ) as cur:
+            row = await cur.fetchone()
+        count, size = (int(row[0]), int(row[1])) if row else (0, 0)
+        excess = count - self.audit_keep
+        quarter = self.max_size // 4
+        if size > quarter and count:  # rows of about the mean size, with SQLite's overhead
+            excess = max(excess, int((size - quarter * 0.9) / (size / count)) + 1)
+        if excess > 0:
+            await self._delete_oldest({Priority.AUDIT: excess})
 
     async def _make_room(self) -> None:
         """The disk is full: release the reserve file, then evict inside our own file.
@@ -470,18 +506,25 @@ class Store:
         if count == 0:
             return
         per_row = max(64, (self.stats.used_bytes or need) // count)
-        want = max(1, need // per_row + 1)
+        await self._delete_oldest(dict.fromkeys(EVICT_ORDER, max(1, need // per_row + 1)), True)
+
+    async def _delete_oldest(self, want: dict[Priority, int], shared: bool = False) -> None:
+        """Evict the oldest events of each class, up to `want[prio]`; `shared`: one budget
+        for all, taken from the classes in the order given."""
+        db = self._require_db()
         done: dict[str, int] = {}
+        budget = next(iter(want.values()), 0)
         await db.execute("BEGIN IMMEDIATE")
         try:
             await db.execute(SET_NEXT_SEQ, (self._next_seq,))
-            for prio in EVICT_ORDER:
-                if want <= 0:
-                    break
+            for prio, limit in want.items():
+                take = budget if shared else limit
+                if take <= 0:
+                    continue
                 cur = await db.execute(
                     "DELETE FROM outbox WHERE seq IN "
                     "(SELECT seq FROM outbox WHERE prio = ? ORDER BY seq LIMIT ?)",
-                    (int(prio), want),
+                    (int(prio), take),
                 )
                 n = max(cur.rowcount, 0)
                 if n:
@@ -491,7 +534,7 @@ class Store:
                         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                         (f"evicted.{name}", self.stats.evicted[name] + n),
                     )
-                    want -= n
+                    budget -= n
             await db.execute("COMMIT")
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
@@ -520,9 +563,9 @@ class Store:
         rdb = self._rdb
         if rdb is None:
             raise StoreError("store is not open")
-        self.min_new_priority = int(Priority.TELEMETRY)
+        self.min_new_rank = LAST_RANK
         self.new_data.clear()
-        for prio in Priority:
+        for prio in SEND_ORDER:
             if not self._maybe_unsent[prio]:
                 continue
             generation = self._generation[prio]
@@ -555,7 +598,7 @@ class Store:
         self.stats.parked = 0
         self.rescan()
         if n:
-            self.min_new_priority = int(Priority.ALARM)
+            self.min_new_rank = 0
             self.new_data.set()
         return n
 
@@ -575,18 +618,42 @@ class Store:
 
     # ---- command replay memory -------------------------------------------------------
 
-    async def remember_command(self, command_id: str, expires: float) -> bool:
-        """Record a command id; False if it was seen before (a replay). Survives restarts."""
+    async def remember_command(self, command_id: str, expires: float) -> bool | str:
+        """Record a command id: True; or, if it was seen before (a replay), the outcome code
+        noted for it ("" if none yet). Survives restarts."""
         db = self._require_db()
         async with self._lock:
+            await self._commands_table(db)
             await db.execute("DELETE FROM commands_seen WHERE expires < ?", (time.time(),))
             try:
                 await db.execute(
                     "INSERT INTO commands_seen (id, expires) VALUES (?, ?)", (command_id, expires)
                 )
             except sqlite3.IntegrityError:
-                return False
+                async with db.execute(
+                    "SELECT outcome FROM commands_seen WHERE id = ?", (command_id,)
+                ) as cur:
+                    row = await cur.fetchone()
+                return str(row[0]) if row and row[0] else ""
         return True
+
+    async def note_command_outcome(self, command_id: str, code: str) -> None:
+        """Keep a command's outcome with its id: a replay is told what the first one did."""
+        db = self._require_db()
+        async with self._lock:
+            await db.execute(
+                "UPDATE commands_seen SET outcome = ? WHERE id = ?", (code, command_id)
+            )
+
+    async def _commands_table(self, db: aiosqlite.Connection) -> None:
+        """Stores made before the outcome column get it (once per process)."""
+        if self._commands_outcome_column:
+            return
+        async with db.execute("PRAGMA table_info(commands_seen)") as cur:
+            columns = {row[1] for row in await cur.fetchall()}
+        if "outcome" not in columns:
+            await db.execute("ALTER TABLE commands_seen ADD COLUMN outcome TEXT")
+        self._commands_outcome_column = True
 
     def _require_db(self) -> aiosqlite.Connection:
         if self._db is None:

@@ -7,7 +7,7 @@ others still run.
 
 The last one, `peer` (the ThingsBoard IoT Gateway on the same Modbus load), takes ~20-25
 minutes and creates its own venv at bench/results/peer-venv on first use (pip, PyPI); skip
-it by naming the others: `python -m bench throughput modbus drain latency bridge`.
+it by naming the others: `python -m bench throughput modbus drain latency bridge flood storm`.
 
 When more than one benchmark ran, one combined table follows (bench/summary.py: the headline
 figures against the goals) and is written to results/summary.json (summary-quick.json after
@@ -60,6 +60,16 @@ BENCHMARKS: list[Benchmark] = [
         "firmware bridge: bytes per DATA frame, and a firmware image's time on the wire",
     ),
     Benchmark(
+        "flood",
+        "bench.flood",
+        "100 000 commands flooding a gateway: RSS, alarm latency, another bus's period",
+    ),
+    Benchmark(
+        "storm",
+        "bench.storm",
+        "one device's alarm storm: the other bus's latency and period, alarms sent, CPU",
+    ),
+    Benchmark(
         "peer",
         "bench.peer",
         "vs ThingsBoard IoT Gateway 3.8.x, 100/200 Modbus devices: CPU, outage (~20-25 min)",
@@ -75,7 +85,7 @@ def usage() -> str:
         "`python -m bench NAME --help` lists a benchmark's options.",
         "`python -m bench --summary [--quick]` prints the combined table of the latest results.",
         "`peer` pip-installs thingsboard-gateway 3.8.x into bench/results/peer-venv on first use;",
-        "without it: `python -m bench throughput modbus drain latency bridge`.",
+        "without it: `python -m bench throughput modbus drain latency bridge flood storm`.",
     ]
     return "\n".join(lines)
 

@@ -4,7 +4,9 @@ Stop-and-wait: every FW_* request is answered by FW_STATUS (or a NACK) before th
 sent. It resumes where the node stands (FW_STATUS.next_offset), so running it again with the
 same image after a broken link continues the transfer. It never touches the serial port
 itself: it speaks through `Host.fw_request`. It imports `host`, never the other way round:
-callers (the bridge driver) call `run_update(host, …)` themselves.
+callers (the bridge driver) call `run_update(host, …)` themselves. `read_image` reads an
+image file safely (a regular file within a size cap; never a FIFO or device that would block
+or never end).
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import stat
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from firmware_bridge.codes import FwState, NackReason
 from firmware_bridge.errors import FirmwareError, ImageRejectedError, LinkDownError, NodeNackError
@@ -20,9 +25,57 @@ from firmware_bridge.host import Host, NodeInfo
 from firmware_bridge.messages import FwAbort, FwBegin, FwChunk, FwCommit, FwVerify
 
 CHUNK = 200  # bytes of image per FW_CHUNK (PROTOCOL.md: at most 200)
+MAX_VERSION = 255  # UTF-8 bytes of FW_BEGIN's version (a PROTOCOL.md `str`)
 REBOOT_TIMEOUT = 30.0  # s for the HELLO after FW_COMMIT
 
 ProgressCallback = Callable[[str, int, int], Awaitable[None]]
+
+
+def check_version(version: str) -> str:
+    """The version if FW_BEGIN can carry it; FirmwareError otherwise."""
+    size = len(version.encode())
+    if not version or size > MAX_VERSION:
+        raise FirmwareError(f"firmware version must be 1 to {MAX_VERSION} UTF-8 bytes, not {size}")
+    return version
+
+
+def read_image(path: Path, max_size: int) -> bytes:
+    """The bytes of the image file at `path` (already resolved and checked to be inside the
+    firmware folder), or FirmwareError saying why it cannot be sent.
+
+    It blocks on disk I/O: call it in a thread. The file is opened without following a
+    symlink (one swapped in after the caller resolved the path) and without blocking (a FIFO
+    with no writer would wait forever), then checked with fstat before anything is read: a
+    regular file of 1 to `max_size` bytes. A file that grows while read is refused too.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise FirmwareError(f"cannot open firmware file {path.name!r}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FirmwareError(
+                f"firmware file {path.name!r} is not a regular file (a FIFO, device or folder)"
+            )
+        if not 0 < st.st_size <= max_size:
+            raise FirmwareError(
+                f"firmware file {path.name!r} is {st.st_size} bytes: "
+                f"it must be 1 to {max_size} bytes"
+            )
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > max_size:
+                raise FirmwareError(f"firmware file {path.name!r} grew past {max_size} bytes")
+            chunks.append(chunk)
+    except OSError as e:
+        raise FirmwareError(f"cannot read firmware file {path.name!r}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 async def run_update(

@@ -472,3 +472,118 @@ def test_a_driver_that_raises_still_gets_one_reply_and_one_audit(  # noqa: PLR09
     ]
     assert [x["code"] for x in replies] == ["action_failed", "replayed"]
     assert agent.terminate() == 0
+
+
+# ---------------------------------------------------------------- firmware files and versions
+
+
+def _fw_dir(tmp_path):
+    d = tmp_path / "firmware"
+    d.mkdir()
+    return d
+
+
+@pytest.mark.slow
+def test_fifo_symlink_out_and_oversized_files_are_refused_in_the_reply(  # noqa: PLR0917 - fixtures
+    tmp_path,
+    line,
+    node,
+    broker,
+    subscribers,
+    make_agent,
+):
+    fw_dir = _fw_dir(tmp_path)
+    os.mkfifo(fw_dir / "fifo.bin")  # reading it would block until a writer came
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"not firmware")
+    (fw_dir / "out.bin").symlink_to(outside)
+    with (fw_dir / "huge.bin").open("wb") as f:
+        f.truncate((16 << 20) + 1)  # sparse: one byte over the 16 MiB cap
+    (fw_dir / "empty.bin").touch()
+    node("fence", "--alarm-every", "0")
+    sub = subscribers(broker)
+    agent = updating_agent(
+        make_agent, broker, sub, line, fw_dir, device="gate-fence", profile="campus-fence-node"
+    )
+    cases = {
+        "fifo.bin": "not a regular file",
+        "out.bin": "outside the bus's firmware_dir",
+        "huge.bin": "16777217 bytes: it must be 1 to 16777216 bytes",
+        "empty.bin": "0 bytes",
+    }
+    for i, (name, why) in enumerate(cases.items()):
+        cid = f"cmd-fw-file-{i:04d}"
+        sub.publish(CMD + "gate-fence", command("firmware_update", cid, args={"file": name}))
+        r = reply(sub, cid)
+        assert (r["result"], r["code"]) == ("failed", "action_failed"), r
+        assert why in r["reason"], r
+    # The agent is not stuck on the FIFO: it still reads the node and writes its status.
+    n = len(states(sub, "gate-fence"))
+    agent.wait_status(lambda s: s["buses"]["node-1"]["fw_updates"]["started"] == 0, 5, "status")
+    assert not [e for e in states(sub, "gate-fence")[n:] if e.get("fw_state")]
+    assert agent.terminate() == 0
+
+
+@pytest.mark.slow
+def test_version_longer_than_the_protocol_allows_is_refused_when_the_command_arrives(  # noqa: PLR0917 - fixtures
+    tmp_path,
+    line,
+    node,
+    broker,
+    subscribers,
+    make_agent,
+):
+    """64 characters pass the profile's max_length, but 64 four-byte characters are 256 UTF-8
+    bytes: more than FW_BEGIN's `str` can carry. The update used to start, reply ok, and die
+    in the background without a word."""
+    fw_dir = _fw_dir(tmp_path)
+    (fw_dir / "fence-2.0.0.bin").write_bytes(os.urandom(2000))
+    sim = node("fence", "--alarm-every", "0")
+    sub = subscribers(broker)
+    agent = updating_agent(
+        make_agent, broker, sub, line, fw_dir, device="gate-fence", profile="campus-fence-node"
+    )
+    version = "\U0001f600" * 64
+    cid = "cmd-fw-version-01"
+    sub.publish(
+        CMD + "gate-fence",
+        command("firmware_update", cid, args={"file": "fence-2.0.0.bin", "version": version}),
+    )
+    r = reply(sub, cid)
+    assert (r["result"], r["code"]) == ("rejected", "bad_args"), r
+    assert "1 to 255 UTF-8 bytes, not 256" in r["reason"]
+    wait_for(lambda: [e for e in sub.events("audit") if e["command"]["id"] == cid], 10, "the audit")
+    assert not sim.stats().get("fw_begins")
+    assert agent.status()["buses"]["node-1"]["fw_updates"]["started"] == 0
+    assert agent.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_background_update_failure_is_audited_under_its_command(  # noqa: PLR0917 - fixtures
+    tmp_path, line, node, broker, subscribers, make_agent
+):
+    """The reply to firmware_update is `ok` when the transfer starts; a later failure (here the
+    node's flash corrupts a chunk, so the image is rejected) left only fw_state. Now it is an
+    audit event too, with the id of the command that started it (#9)."""
+    fw_dir = _fw_dir(tmp_path)
+    (fw_dir / "fence-2.0.0.bin").write_bytes(os.urandom(8_000))
+    node("fence", "--alarm-every", "0", "--corrupt-writes", "1")
+    sub = subscribers(broker)
+    agent = updating_agent(
+        make_agent, broker, sub, line, fw_dir, device="gate-fence", profile="campus-fence-node"
+    )
+    cid = "cmd-fw-corrupt-001"
+    sub.publish(
+        CMD + "gate-fence",
+        command("firmware_update", cid, args={"file": "fence-2.0.0.bin", "version": "2.0.0"}),
+    )
+    assert reply(sub, cid)["code"] == "ok"  # started
+    audits = wait_for(
+        lambda: [e["command"] for e in sub.events("audit") if e["command"]["id"] == cid][1:],
+        30,
+        "the audit event of the failure",
+    )
+    assert (audits[0]["result"], audits[0]["code"]) == ("failed", "action_failed")
+    assert audits[0]["action"] == "firmware_update" and "sha256" in audits[0]["reason"]
+    assert any(e.get("fw_state") == "rejected" for e in states(sub, "gate-fence"))
+    assert agent.terminate() == 0

@@ -4,6 +4,7 @@ audit event. The router's collaborators are passed in through its constructor.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.commands import CommandRouter
-from agent.config import load_config
+from agent.config import SigningKey, load_config
+from agent.signing import new_private_key_pem, public_key_text
 
 TOPIC = "campus/v1/pt-023/gw-main/cmd/"
 
@@ -21,6 +23,10 @@ def router(tmp: Path):
     cfg = tmp / "agent.toml"
     cfg.write_text(text.replace("PORT", "1883"))
     config = load_config(cfg)
+    # Signatures checked when present: hostile "sig" objects reach the verifier.
+    key = SigningKey(id="district-1", public_key=public_key_text(new_private_key_pem()[1]))
+    commands = config.commands.model_copy(update={"keys": [key], "signatures": "optional"})
+    config = dataclasses.replace(config, commands=commands)
     seen: set[str] = set()
     replies: list[bytes] = []
     audits: list[object] = []
@@ -30,15 +36,25 @@ def router(tmp: Path):
 
     async def remember(cid, until):
         if cid in seen:
-            return False
+            return ""
         seen.add(cid)
         return True
+
+    async def note_outcome(cid, code):
+        pass
 
     def reply(topic, payload, props):
         replies.append(payload)
         return True
 
-    r = CommandRouter(config, act=act, remember=remember, reply=reply, record=audits.append)
+    r = CommandRouter(
+        config,
+        act=act,
+        remember=remember,
+        note_outcome=note_outcome,
+        reply=reply,
+        record=audits.append,
+    )
     return r, replies, audits
 
 
@@ -58,6 +74,10 @@ command_like = st.fixed_dictionaries(
         "ts": st.sampled_from(["2026-11-23T10:00:00Z", "yesterday", "2026-11-23T10:00:00"])
         | json_values,
         "expires": json_values,
+        "sig": json_values
+        | st.fixed_dictionaries(
+            {"kid": st.sampled_from(["district-1", "other"]) | json_values, "ed25519": json_values}
+        ),
     },
 )
 

@@ -158,7 +158,7 @@ def _problems(cfg: Path) -> dict[str, str]:
         ("commands", 'clock_skew = "2h"', "commands.clock_skew", "use 0s to 1h"),
         ("device", "poll_interval = 0", "devices[0].poll_interval", "use 10ms to 1d"),
         ("device", 'poll_interval = "1ms"', "devices[0].poll_interval", "busy loop"),
-        ("device", 'alarm_every = "0s"', "devices[0].alarm_every", "use 10ms to 1d"),
+        ("device", 'alarm_every = "0.1ms"', "devices[0].alarm_every", "use 1ms to 1d"),
         ("device", "location = { floor = 1e400 }", "devices[0].location", "whole number"),
         ("device", f"location = {{ floor = {2**60} }}", "devices[0].location", "2**53"),
     ],

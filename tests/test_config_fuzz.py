@@ -61,7 +61,7 @@ FIELDS = (
     Field("commands", "max_age", "duration", 1, DAY),
     Field("commands", "clock_skew", "duration", 0, HOUR),
     Field("device", "poll_interval", "duration", 0.01, DAY),
-    Field("device", "alarm_every", "duration", 0.01, DAY),
+    Field("device", "alarm_every", "duration", 0.001, DAY, off=True),
 )
 UNITS = {"duration": ["ms", "s", "min", "m", "h", "d", "", "us", "S"], "int": [""]}
 UNITS["size"] = ["B", "kB", "KiB", "MiB", "GiB", "", "TiB", "mb"]

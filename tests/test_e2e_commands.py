@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -93,6 +94,11 @@ HOSTILE = [
         "from_future",
     ),
     (b'{"id": "' + b"A" * 20000 + b'"}', "too_large"),
+    # The contract says RFC 3339 text; a number of seconds is refused, not guessed at.
+    (
+        json.dumps({"id": "cmd-ts-number-01", "action": "arm", "ts": time.time()}).encode(),
+        "invalid",
+    ),
 ]
 
 

@@ -314,3 +314,51 @@ def test_rtu_cable_pulled_then_plugged_back_recovers_by_itself(
     finally:
         sim.stop()
         pty.stop()
+
+
+def test_unit_answering_only_exceptions_is_never_online_until_a_good_reading(
+    tmp_path, broker, subscribers, make_agent
+):
+    """An exception reply is an answer on the wire but not a reading: a unit whose every
+    read gets exception 4 is offline with the code as the reason, and it stays offline (no
+    online/offline flapping) until it answers with values."""
+    broken = tmp_path / "sensor-broken"
+    broken.touch()
+    sim = ModbusSim(tmp_path / "sim", {1: vector("xy-md02")}, failing={1: broken})
+    sim.start()
+    try:
+        sub = subscribers(broker)
+        agent = make_agent(
+            broker.url, tcp_bus(sim) + device("a101-env", "xy-md02", "io", 1, poll="100ms")
+        )
+
+        def states() -> list[dict]:
+            return [e for e in sub.events("state") if e["device"] == "a101-env"]
+
+        wait_for(states, 20, "the failing unit's first state event")
+        first = states()[0]
+        assert first["online"] is False, f"shown online without a reading: {first}"
+        assert "exception 4" in first["reason"] and "device failure" in first["reason"]
+        # Many more exception replies (the driver backs off up to its poll interval x 2^n):
+        # still offline, and no state event has said online.
+        seen = sim.requests(1, 4)
+        sim.wait_stats(
+            lambda s: int(s.get("requests", {}).get("1", {}).get("4", 0)) >= seen + 4,
+            30,
+            "more reads of the failing unit",
+        )
+        st = agent.wait_status(
+            lambda s: s.get("devices", {}).get("a101-env", {}).get("online") is False,
+            10,
+            "the status to show the unit offline",
+        )
+        assert "exception 4" in st["devices"]["a101-env"]["reason"]
+        assert not [e for e in states() if e["online"]], "online on an exception reply"
+        assert not latest_values(sub, "a101-env")
+        broken.unlink()  # the sensor is repaired: the unit answers with its registers
+        wait_for(lambda: any(e["online"] for e in states()), 90, "online after a good reading")
+        wait_for(lambda: latest_values(sub, "a101-env"), 20, "a good reading")
+        assert_values(latest_values(sub, "a101-env"), first_case("xy-md02"))
+        assert agent.terminate() == 0
+    finally:
+        sim.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -132,3 +133,34 @@ def test_status_and_tail_commands(broker, make_agent):
     r = cli("status", "--config", str(agent.config))
     assert r.returncode == 3
     assert "NOT RUNNING" in r.stdout
+
+
+def test_tail_escapes_control_characters_from_the_wire(broker, subscribers, make_agent):
+    """A node's fw_version with an ANSI escape reached the operator's terminal as it was:
+    tail must print C0, DEL and C1 characters (ESC, CSI...) as visible escapes."""
+    agent = make_agent(broker.url, env_device(), start=False)  # only its config is used
+    sub = subscribers(broker)
+    evil = "\x1b[31m2.0\x07\x7f\u009b1m\r\nfake line"
+    doc = {
+        "v": 1,
+        "seq": 7,
+        "ts": "2026-12-01T10:00:00.000Z",
+        "kind": "state",
+        "category": "node",
+        "device": "gate\x1b[2Jnode",
+        "fw_version": evil,
+    }
+    # mosquitto refuses control characters in topics (MQTT 5 §1.5.4), not in payloads.
+    sub.publish(
+        "campus/v1/pt-023/gw-main/state/node/gate-node", json.dumps(doc).encode(), retain=True
+    )
+    raw = "\x1b[31mred\u009b2J\r\nfake line".encode()  # not JSON: printed as it came by --raw
+    sub.publish("campus/v1/pt-023/gw-main/state/node/raw-node", raw, retain=True)
+    for mode, shown in (([], "\\x1b[31m2.0"), (["--raw"], "\\x1b[31mred\\x9b2J\\x0d\\x0a")):
+        r = cli("tail", "--config", str(agent.config), "--count", "2", *mode)
+        assert r.returncode == 0, r.stderr
+        out = r.stdout
+        for c in ("\x1b", "\x07", "\x7f", "\u009b", "\r"):
+            assert c not in out, (mode, out)
+        assert out.count("\n") == 2, (mode, out)  # no CR LF from the wire started a line
+        assert shown in out, (mode, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -124,6 +125,39 @@ def test_puback_failure_keeps_event_stored_and_status_says_why(
         "SELECT count(*) FROM outbox WHERE parked LIKE '%Not authorized%'"
     ).fetchone()
     assert n >= 2
+
+
+def test_human_status_shows_parked_refused_events_and_when_they_are_resent(
+    password_broker, make_agent, tmp_path
+):
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret-gw\n")
+    secret.chmod(0o600)
+    agent = make_agent(
+        password_broker.url,
+        env_device(rate=20) + fence_device(),
+        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"\n'
+        "allow_plaintext_password = true",
+        start=False,
+    )
+    agent.config.write_text(
+        agent.config.read_text().replace('gateway = "gw-main"', 'gateway = "gw-wrong"')
+    )
+    agent.start()
+    agent.wait_status(lambda s: s["refused"]["parked"] >= 2, 30, "parked refusals")
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "status", "--config", str(agent.config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("refused:"))
+    parked = int(re.search(r"(\d+) parked", line).group(1))
+    assert parked >= 2, line
+    assert "SIGHUP" in line and "an hour" in line, line
+    assert "Not authorized" in line
+    assert agent.terminate() == 0
 
 
 @pytest.fixture

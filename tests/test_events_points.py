@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
 
 from agent.contract import Kind, NewEvent, Origin, encode, rfc3339, uuid7
-from agent.points import DevicePoints
+from agent.points import DevicePoints, StormLimit
 from agent.profiles import load_profile_file
 from agent.sample import BoundDevice, Quality, Sample
 
@@ -125,3 +126,58 @@ def test_failed_read_reports_bad_quality_once():
     assert bad2 == []
     back = pts.events(Sample("d", 3.0, {"t": 1.0}))
     assert back[0].body["quality"] == "good", "the first good reading after a failure is sent"
+
+
+def test_an_alarm_storm_is_coalesced_first_and_latest_edges_kept():
+    """A flapping node sent 74k critical alarms in 15 s and starved the other buses: above
+    the storm rate a device's edges are held, the latest of each point sent every report
+    interval with a state event counting them, and the end of the storm said."""
+    p = load_profile_file(PROFILES / "synthetic" / "synthetic-fence.toml")
+    limit = StormLimit(rate=2.0, burst=3, report=1.0)
+    pts = DevicePoints(BoundDevice("north-fence", p, "sim", None, 1.0), limit)
+    out: list[NewEvent] = []
+    t = 1000.0
+    pts.events(Sample("north-fence", t, {"zone_3": False}))  # the baseline
+    for i in range(1000):  # 1000 edges in 2 s: a flapping zone
+        t += 0.002
+        out += pts.events(Sample("north-fence", t, {"zone_3": i % 2 == 0}))
+    alarms = [e for e in out if e.kind is Kind.ALARM]
+    storm = [e.body for e in out if e.kind is Kind.STATE]
+    # The burst went out as edges; then the storm: held, the latest sent once a second.
+    assert [a.body["state"] for a in alarms[:3]] == ["active", "cleared", "active"]
+    assert len(alarms) <= 3 + 2  # the burst, and at most one latest edge per report
+    assert storm[0]["alarm_storm"] is True
+    assert all(s["alarm_storm"] for s in storm)
+    # The zone stops flapping (last edge: cleared at i = 999); time passes without edges.
+    for _ in range(5):
+        t += 1.0
+        out += pts.events(Sample("north-fence", t, {"zone_3": False}))
+    alarms = [e for e in out if e.kind is Kind.ALARM]
+    storm = [e.body for e in out if e.kind is Kind.STATE]
+    assert storm[-1]["alarm_storm"] is False
+    assert storm[-1]["alarm_storm_edges"] == 1000 - 3
+    # What the district saw last is what the zone is: cleared.
+    assert alarms[-1].body["state"] == "cleared"
+    # Edges alternate as sent: never the same state twice in a row.
+    states = [a.body["state"] for a in alarms]
+    assert all(a != b for a, b in itertools.pairwise(states))
+    # After the storm, an edge goes out at once again.
+    t += 1.0
+    after = pts.events(Sample("north-fence", t, {"zone_3": True}))
+    assert [e.body["state"] for e in after if e.kind is Kind.ALARM] == ["active"]
+
+
+def test_a_held_storm_edge_is_sent_by_the_timer_when_samples_stop():
+    """The last edge of a storm must not wait for a sample that may never come."""
+    p = load_profile_file(PROFILES / "synthetic" / "synthetic-fence.toml")
+    pts = DevicePoints(BoundDevice("north-fence", p, "sim", None, 1.0), StormLimit(1.0, 1, 5.0))
+    pts.events(Sample("north-fence", 0.0, {"zone_3": False}))
+    first = pts.events(Sample("north-fence", 0.01, {"zone_3": True}))
+    held = pts.events(Sample("north-fence", 0.02, {"zone_3": False}))
+    held += pts.events(Sample("north-fence", 0.03, {"zone_3": True}))
+    held += pts.events(Sample("north-fence", 0.04, {"zone_3": False}))  # the node goes silent
+    assert [e.body["state"] for e in first if e.kind is Kind.ALARM] == ["active"]
+    assert not [e for e in held if e.kind is Kind.ALARM]
+    later = pts.tick(10.0)  # the runtime's timer
+    assert [e.body["state"] for e in later if e.kind is Kind.ALARM] == ["cleared"]
+    assert later[-1].body["alarm_storm"] is False

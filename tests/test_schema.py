@@ -343,6 +343,7 @@ def test_command_replies_and_audit_events_validate(site: SiteConfig) -> None:
                 site,
                 act=driver.act,
                 remember=store.remember_command,
+                note_outcome=store.note_command_outcome,
                 reply=reply,
                 record=audits.append,
             )

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from agent.contract import Kind, NewEvent, Origin
+from agent.contract import Kind, NewEvent, Origin, Priority
 from agent.store import Store
 from tests.harness.waiting import eventually
 
@@ -102,6 +102,46 @@ async def test_only_alarms_left_then_oldest_alarms_go(tmp_path):
     assert s.stats.evicted["alarm"] > 0
     rows = await s.fetch({}, 10_000)
     assert rows[-1].seq == 3000  # the newest are kept
+    await s.close()
+
+
+def audit(n: int) -> NewEvent:
+    command = {"id": f"cmd-{n:08d}", "action": "disarm", "result": "ok", "code": "ok"}
+    return NewEvent(Kind.AUDIT, "dev-1", "fence", "f", time.time(), {"command": command})
+
+
+async def test_audit_events_survive_a_full_store_of_alarms(tmp_path):
+    """5,000 alarm edges on a full store evicted all 50 command audit events: who commanded
+    what now has its own retention, which alarm or telemetry pressure cannot take."""
+    s = await open_store(tmp_path / "o.db", max_size=256 * 1024)
+    for i in range(50):
+        s.add(audit(i))
+    await s.commit_now()
+    for i in range(5000):
+        s.add(ev(Kind.ALARM, n=i))
+        if i % 50 == 0:
+            await s.commit_now()
+    await s.commit_now()
+    assert s.stats.evicted["alarm"] > 0  # the store was full
+    assert s.stats.evicted["audit"] == 0
+    rows = await s.fetch({}, 10_000)  # audit comes right after alarms and access
+    audits = [r for r in await s.fetch({0: 10**9}, 10_000) if r.priority == Priority.AUDIT]
+    assert [json.loads(r.payload)["command"]["id"] for r in audits] == [
+        f"cmd-{i:08d}" for i in range(50)
+    ]
+    assert rows and all(r.priority == Priority.ALARM for r in rows)
+    await s.close()
+
+
+async def test_audit_retention_keeps_the_newest_within_its_own_limit(tmp_path):
+    s = await open_store(tmp_path / "o.db", max_size=64 << 20, audit_keep=100)
+    for i in range(300):
+        s.add(audit(i))
+    await s.commit_now()
+    await s._enforce_cap()  # the cap check (every max_size/32 bytes or every few seconds)
+    kept = [json.loads(r.payload)["command"]["id"] for r in await s.fetch({}, 10_000)]
+    assert kept == [f"cmd-{i:08d}" for i in range(200, 300)]
+    assert s.stats.evicted["audit"] == 200
     await s.close()
 
 

@@ -106,7 +106,7 @@ EXAMPLES: dict[str, list[Json]] = {
             "uptime": 86412.5,
             "backlog": 3,
             "oldest_unsent_age": 0.4,
-            "evicted": {"alarm": 0, "access": 0, "state": 0, "telemetry": 0},
+            "evicted": {"alarm": 0, "access": 0, "state": 0, "telemetry": 0, "audit": 0},
             "publish_rate": 41.3,
             "lost_uncommitted": 0,
             "store_recovered": None,

@@ -223,6 +223,21 @@ def _state_body() -> tuple[Json, list[str]]:
     return {
         "online": {"type": "boolean", "description": "Whether the device answers."},
         "reason": {"type": "string", "description": "Why it went offline (when it did)."},
+        "alarm_storm": {
+            "type": "boolean",
+            "description": "Present while the device sends more alarm edges than "
+            "[alarms] storm_rate allows (true), and once when that ends (false): its edges "
+            "are coalesced, the latest of each alarm point sent every storm_report.",
+        },
+        "alarm_storm_edges": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Alarm edges coalesced since the storm began.",
+        },
+        "alarm_storm_since": {
+            "type": "number",
+            "description": "When the storm began (Unix seconds).",
+        },
     }, ["online"]
 
 
@@ -240,6 +255,18 @@ def _audit_body() -> tuple[Json, list[str]]:
                 "type": "string",
                 "maxLength": 64,
                 "description": "The device the topic named, when it is not on this gateway.",
+            },
+            "signed_by": {
+                "type": "string",
+                "maxLength": 64,
+                "description": "The id of the district key whose signature was verified "
+                "(absent: the command was not signed).",
+            },
+            "dropped": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "code busy: how many commands this event sums up (dropped "
+                "over the rate limit since the previous such event; id and action null).",
             },
         },
         "required": ["id", "action", "result", "code", "reason"],
@@ -338,7 +365,8 @@ def status_schema() -> Json:
                 "required": [p.name.lower() for p in Priority],
                 "additionalProperties": False,
                 "description": "Events evicted from a full store since it was created, by "
-                "priority class (audit counts as access): this is the loss a seq gap shows.",
+                "priority class: this is the loss a seq gap shows. audit: only beyond "
+                "[store] audit_keep (audit events are never evicted for room).",
             },
             "lost_uncommitted": {
                 **count,
@@ -392,7 +420,8 @@ def command_request_schema() -> Json:
         "$schema": DIALECT,
         "title": f"{TOPIC_ROOT} command request",
         "description": f"Sent by the district on {_T.command_topic('{device}')}, "
-        f"at most {MAX_PAYLOAD} bytes. ts and expires are RFC 3339 date-times "
+        f"at most [commands] max_payload bytes (default {MAX_PAYLOAD}). ts and expires are "
+        "RFC 3339 date-time strings "
         "with an offset.",
     }
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.driver import DeviceSink, Driver, Problems
-from agent.errors import ActionError, DriverError
+from agent.errors import ActionError, BadArgumentError, DriverError
 from agent.profiles import Profile
 from agent.sample import BoundDevice, BusSpec, Sample
 from agent.sample import Value as SampleValue
@@ -33,7 +33,7 @@ from firmware_bridge.codes import ActionStatus, NackReason
 from firmware_bridge.errors import FirmwareError, ImageRejectedError, LinkDownError, NodeNackError
 from firmware_bridge.host import Host, NodeInfo, action_status_name
 from firmware_bridge.messages import Point, Value, ValueKind
-from firmware_bridge.update import run_update
+from firmware_bridge.update import check_version, read_image, run_update
 
 log = logging.getLogger(__name__)
 BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
@@ -279,7 +279,7 @@ class BridgeDriver(Driver):
         if spec is None:
             raise ActionError(f"{device.id} has no action {action!r}")
         if action == FIRMWARE_ACTION:
-            return self._start_update(args)
+            return await self._start_update(args)
         if spec.wire is None:
             raise ActionError(f"profile {device.profile.id!r} gives no bridge id for {action!r}")
         action_id = ActionSpec.model_validate(spec.wire).id
@@ -315,17 +315,21 @@ class BridgeDriver(Driver):
             raise ActionError(f"firmware file {name!r} is outside the bus's firmware_dir")
         return path
 
-    def _start_update(self, args: Mapping[str, Any]) -> Mapping[str, SampleValue]:
+    async def _start_update(self, args: Mapping[str, Any]) -> Mapping[str, SampleValue]:
         if self.fw_task is not None and not self.fw_task.done():
             raise ActionError("a firmware update is already running on this node")
         path = self._image_path(str(args.get("file", "")))
         try:
-            image = path.read_bytes()
-        except OSError as e:
-            raise ActionError(f"cannot read firmware file {path.name!r}: {e.strerror}") from None
-        if not image or len(image) > MAX_IMAGE:
-            raise ActionError(f"firmware file {path.name!r} is empty or larger than 16 MiB")
-        version = str(args.get("version") or path.stem)
+            # Checked now, not when FW_BEGIN is built in the background: the district hears
+            # of a version the protocol cannot carry in the command's reply.
+            version = check_version(str(args.get("version") or path.stem))
+        except FirmwareError as e:
+            raise BadArgumentError(str(e)) from None
+        try:
+            # Off the event loop: a 16 MiB image on a slow SD card must not stall the bus.
+            image = await asyncio.to_thread(read_image, path, MAX_IMAGE)
+        except FirmwareError as e:
+            raise ActionError(str(e)) from None
         if not self.online.is_set():
             raise ActionError("the node is offline; try again when it is online")
         self.fw_updates["started"] += 1
@@ -339,6 +343,12 @@ class BridgeDriver(Driver):
             "version": version,
             "sha256": hashlib.sha256(image).hexdigest(),
         }
+
+    async def _failed(self, reason: str) -> None:
+        """The background update failed after the command's `ok`: count it and audit it."""
+        self.fw_updates["failed"] += 1
+        if self.sink is not None and self.device is not None:
+            await self.sink.action_failed(self.device.id, "firmware_update", reason)
 
     async def _report(self, state: str, pct: int) -> None:
         if (state, pct) == self._fw_reported:
@@ -364,16 +374,24 @@ class BridgeDriver(Driver):
                 if self.online.is_set():  # else the offline state event said so
                     await self._report("interrupted", pct)
                 if losses > 10:
-                    self.fw_updates["failed"] += 1
                     if self.online.is_set():
                         await self._report("failed", pct)
+                    await self._failed(f"link lost {losses} times: {e}")
                     return
                 await asyncio.sleep(0.5)
                 continue
             except FirmwareError as e:
-                self.fw_updates["failed"] += 1
                 log.warning("firmware update failed: bus=%s reason=%s", self.bus.id, e)
                 await self._report("rejected" if isinstance(e, ImageRejectedError) else "failed", 0)
+                await self._failed(str(e))
+                return
+            except Exception as e:  # noqa: BLE001 - a background task has no caller to tell
+                # Anything else (a message the codec refuses, a bug) must not end the task
+                # silently with the district still seeing "transferring".
+                log.error("firmware update failed: bus=%s error=%r", self.bus.id, e)
+                pct = self._fw_reported[1] if self._fw_reported else 0
+                await self._report("failed", pct)
+                await self._failed(f"{type(e).__name__}: {e}")
                 return
             if start:
                 self.fw_updates["resumed"] += 1

@@ -302,7 +302,7 @@ class _ModbusDriver(Driver):
                     block.start, count=block.count, device_id=unit
                 )
         if rr.isError():
-            raise ModbusException(f"exception response {getattr(rr, 'exception_code', '?')}")
+            raise ModbusException(exception_reply(getattr(rr, "exception_code", None)))
         data = rr.bits if block.table in ("coil", "discrete") else rr.registers
         return block.extract(data)
 
@@ -336,9 +336,8 @@ class _ModbusDriver(Driver):
         except ModbusException as e:
             raise ActionError(f"device did not confirm the write: {_short(e)}") from None
         if rr.isError():
-            raise ActionError(
-                f"device refused the write (exception {getattr(rr, 'exception_code', '?')})"
-            )
+            code = getattr(rr, "exception_code", None)
+            raise ActionError(f"device refused the write ({exception_reply(code)})")
         dev.wake.set()  # read back now, so the district sees the new state at once
         return {"written": value}
 
@@ -397,6 +396,26 @@ class ModbusRtuDriver(_ModbusDriver):
             retries=o.retries,
             reconnect_delay=0,
         )
+
+
+# The Modbus exception codes (Modbus Application Protocol v1.1b3, section 7).
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+def exception_reply(code: object) -> str:
+    """'exception 4 (device failure)': what an exception reply says, for a reason text."""
+    name = EXCEPTION_NAMES.get(code) if isinstance(code, int) else None
+    return f"exception {code} ({name})" if name else f"exception {code}"
 
 
 def _short(e: BaseException) -> str:

@@ -7,19 +7,19 @@ readings taken from a named device.
 
     python -m drivers.modbus.simulator (--tcp HOST:PORT | --rtu DEVICE [--baud 9600])
         --device UNIT=VECTOR_FILE[:every=SECONDS] [--device ...] [--dead UNIT ...]
-        [--stats FILE] [--noise FRACTION] [--seed N]
+        [--failing UNIT=FILE ...] [--stats FILE] [--noise FRACTION] [--seed N]
 
-- `--device` serves one unit id. Its coils, discrete inputs, holding and input registers hold
-  the vector file's first `[[case]]`; with `every=S` it moves to the next case every S seconds
-  (round robin), so an alarm sets and clears and a reading changes. Addresses a case does not
-  name read as 0. Each table spans addresses 0-1023, or further to cover every address any
-  case names plus 16; reads beyond get the exception "illegal data address", as from a
-  real device.
-- Writes (coils, holding registers) are accepted, visible to later reads, and recorded. A
-  case change rewrites only the addresses the vector file names, so written values elsewhere
-  stay.
-- `--dead UNIT` is a unit that never answers: the client times out. Unit ids that are served
-  by neither option are silent too, as on an RS-485 line.
+- `--device` serves one unit id. Its coils, discrete inputs, holding and input registers hold the
+  vector file's first `[[case]]`; with `every=S` it moves to the next case every S seconds (round
+  robin), so an alarm sets and clears and a reading changes. Addresses a case does not name read as
+  0. Each table spans addresses 0-1023, or further to cover every address any case names plus 16;
+  reads beyond get the exception "illegal data address", as from a real device.
+- Writes (coils, holding registers) are accepted, visible to later reads, and recorded. A case
+  change rewrites only the addresses the vector file names, so written values elsewhere stay.
+- `--dead UNIT` is a unit that never answers: the client times out. Unit ids that are served by
+  neither option are silent too, as on an RS-485 line.
+- `--failing UNIT=FILE`: while FILE exists, the `--device` unit UNIT answers every request with
+  exception 4 "device failure" (a unit whose sensor is broken); remove FILE to heal it.
 - `--stats FILE` is rewritten atomically every 0.2 s and at exit, with what the server really
   received (counted from the decoded requests, dead units included):
   `{"started": <unix time>, "listen": {...}, "connections": n, "garbled": n,
@@ -27,10 +27,10 @@ readings taken from a named device.
   `listen` is `{"transport": "tcp", "host": h, "port": p}` (the bound port, so `:0` works)
   or `{"transport": "rtu", "device": path, "baud": b}`; with `--rtu` the first write happens
   once the port is open. `connections` counts accepted TCP clients, or serial port opens.
-- `--noise F` replaces a fraction F of the responses with random bytes of the same length
-  (garbage on the line); `--seed` makes the choice repeatable.
-- `--rtu` reopens the port when it goes away (the pty closed: "the cable was pulled") and
-  comes back, keeping the registers.
+- `--noise F` replaces a fraction F of the responses with random bytes of the same length (garbage
+  on the line); `--seed` makes the choice repeatable.
+- `--rtu` reopens the port when it goes away (the pty closed: "the cable was pulled") and comes
+  back, keeping the registers.
 
 SIGTERM or SIGINT stops it cleanly (exit 0). It listens only where it is told.
 """
@@ -48,8 +48,7 @@ import re
 import signal
 import sys
 import time
-import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,10 +60,10 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
+from drivers.modbus.vectors import BIT_TABLES, TABLES, Case, SimulatorError, load_cases
+
 log = logging.getLogger(__name__)
 
-TABLES = ("coil", "discrete", "holding", "input")
-BIT_TABLES = ("coil", "discrete")
 # The table each function code touches (read coils, write single coil, ... read/write multiple).
 FUNCTION_TABLES = {
     1: "coil",
@@ -83,86 +82,11 @@ MIN_TABLE = 1024  # every table spans at least 0-1023: room for writes the vecto
 STATS_EVERY = 0.2  # seconds between stats file writes
 REOPEN_EVERY = 0.2  # seconds between attempts to reopen a lost serial port
 
-Registers = Mapping[str, Mapping[int, int]]  # table -> address -> uint16 (or 0/1 for bits)
-
-
-class SimulatorError(Exception):
-    """A bad command line or vector file; the message names the file, case and field."""
-
-    exit_code = 2
-
 
 class ListenError(SimulatorError):
     """The TCP address cannot be listened on (in use, or not an address of this host)."""
 
     exit_code = 1
-
-
-@dataclass(frozen=True)
-class Case:
-    """One `[[case]]` of a vector file: the values of each table (others read as 0)."""
-
-    name: str
-    registers: Registers
-
-
-def _address(key: str, where: str) -> int:
-    try:
-        address = int(key, 16) if key.lower().startswith("0x") else int(key, 10)
-    except ValueError:
-        raise SimulatorError(f"{where}: address {key!r} is not a number") from None
-    if not 0 <= address <= 65535:
-        raise SimulatorError(f"{where}: address {address} is outside 0-65535")
-    return address
-
-
-def _value(raw: object, table: str, where: str) -> int:
-    if table in BIT_TABLES:
-        if isinstance(raw, bool):
-            return int(raw)
-        if isinstance(raw, int) and raw in (0, 1):
-            return raw
-        raise SimulatorError(f"{where}: a {table} is 0 or 1 (or true/false), not {raw!r}")
-    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 0xFFFF:
-        return raw
-    raise SimulatorError(f"{where}: a register is a uint16 (0-65535, e.g. 0x00F5), not {raw!r}")
-
-
-def load_cases(path: Path) -> list[Case]:
-    """The `[[case]]` entries of a vector file, checked; SimulatorError names what is wrong."""
-    try:
-        with path.open("rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise SimulatorError(f"{path}: cannot read the vector file: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SimulatorError(f"{path}: not valid TOML: {exc}") from None
-    raw_cases = doc.get("case")
-    if not isinstance(raw_cases, list) or not raw_cases:
-        raise SimulatorError(f"{path}: no [[case]] entries")
-    cases = []
-    for number, raw_case in enumerate(raw_cases, 1):
-        name = str(raw_case.get("name", f"#{number}"))
-        where = f"{path}: case {number} ({name!r})"
-        raw_registers = raw_case.get("registers")
-        if not isinstance(raw_registers, dict):
-            raise SimulatorError(f"{where}: no `registers = {{ input = {{ 1 = 0x00F5 }} }}` table")
-        registers: dict[str, dict[int, int]] = {}
-        for table, values in raw_registers.items():
-            if table not in TABLES:
-                raise SimulatorError(
-                    f"{where}: registers.{table}: unknown table (tables: {', '.join(TABLES)})"
-                )
-            if not isinstance(values, dict):
-                raise SimulatorError(f"{where}: registers.{table}: expected {{ address = value }}")
-            registers[table] = {
-                _address(key, f"{where}: registers.{table}"): _value(
-                    value, table, f"{where}: registers.{table}.{key}"
-                )
-                for key, value in values.items()
-            }
-        cases.append(Case(name, registers))
-    return cases
 
 
 @dataclass(frozen=True)
@@ -199,6 +123,14 @@ def parse_device(text: str) -> DeviceSpec:
         if not 0 < every < 1e9:
             raise argparse.ArgumentTypeError(f"{text!r}: every= takes seconds > 0")
     return DeviceSpec(_unit(match["unit"]), Path(match["path"]), every)
+
+
+def parse_failing(text: str) -> tuple[int, Path]:
+    """`3=/tmp/broken` -> (3, Path("/tmp/broken"))."""
+    unit, sep, path = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected UNIT=FILE")
+    return _unit(unit), Path(path)
 
 
 def parse_tcp(text: str) -> tuple[str, int]:
@@ -264,9 +196,12 @@ class SimulatedUnit:
         cases: Sequence[Case],
         every: float | None,
         stats: Stats,
+        *,
         clock: Callable[[], float] = time.monotonic,
+        failing_while: Path | None = None,
     ) -> None:
         self.unit = unit
+        self.failing_while = failing_while
         self.cases = list(cases)
         self.every = every
         self.stats = stats
@@ -321,6 +256,8 @@ class SimulatedUnit:
         writes. `registers` is the whole table; for coils and discrete inputs it holds 16
         bits per entry, and `start_address` is in those entries.
         """
+        if self.failing_while is not None and self.failing_while.exists():
+            return ExcCodes.DEVICE_FAILURE
         table = FUNCTION_TABLES.get(function_code)
         if table is None:
             return None
@@ -500,6 +437,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="UNIT",
         help="a unit id that never answers (repeatable)",
     )
+    p.add_argument(
+        "--failing",
+        type=parse_failing,
+        action="append",
+        default=[],
+        metavar="UNIT=FILE",
+        help="the --device unit answers exception 4 while FILE exists (repeatable)",
+    )
     p.add_argument("--stats", type=Path, metavar="FILE", help="write request counts here")
     p.add_argument(
         "--noise",
@@ -559,12 +504,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unit {dup[0]} is given twice with --device")
     if both := sorted(set(unit_ids) & set(args.dead)):
         parser.error(f"unit {both[0]} is both a --device and --dead")
+    failing = dict(args.failing)
+    if stray := sorted(set(failing) - set(unit_ids)):
+        parser.error(f"unit {stray[0]} is --failing but not a --device")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     stats = Stats()
     try:
-        units = [SimulatedUnit(d.unit, load_cases(d.path), d.every, stats) for d in args.device]
+        units = [
+            SimulatedUnit(
+                d.unit, load_cases(d.path), d.every, stats, failing_while=failing.get(d.unit)
+            )
+            for d in args.device
+        ]
         if args.dead:
             log.info("dead units (never answer): %s", ", ".join(map(str, args.dead)))
         asyncio.run(_run(args, units, stats))

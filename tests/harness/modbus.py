@@ -23,7 +23,7 @@ class ModbusSim(ChildProcess):
     """The Modbus simulator in a subprocess; start() waits until it serves.
 
     `devices` maps unit id -> vector file; `every` maps unit id -> seconds per case; `dead`
-    units stay silent. Without `rtu` it serves TCP on `host`, port chosen by the kernel at
+    units stay silent; `failing` units answer exception 4 while their file exists. Without `rtu` it serves TCP on `host`, port chosen by the kernel at
     the first start and kept across stop()/start(). With `rtu` (a pty path) it serves RTU
     there at `baud`. One log file per start, at `log_level`.
     """
@@ -35,6 +35,7 @@ class ModbusSim(ChildProcess):
         *,
         every: Mapping[int, float] | None = None,
         dead: Sequence[int] = (),
+        failing: Mapping[int, Path] | None = None,
         rtu: Path | str | None = None,
         baud: int = 9600,
         noise: float = 0.0,
@@ -48,6 +49,7 @@ class ModbusSim(ChildProcess):
         self.devices = dict(devices)
         self.every = dict(every or {})
         self.dead = list(dead)
+        self.failing = dict(failing or {})
         self.rtu = str(rtu) if rtu is not None else None
         self.baud = baud
         self.noise = noise
@@ -69,6 +71,8 @@ class ModbusSim(ChildProcess):
             cmd += ["--device", f"{unit}={path}{every}"]
         for unit in self.dead:
             cmd += ["--dead", str(unit)]
+        for unit, flag in self.failing.items():
+            cmd += ["--failing", f"{unit}={flag}"]
         if self.noise:
             cmd += ["--noise", str(self.noise)]
         if self.seed is not None:
