@@ -29,6 +29,7 @@ from agent.errors import ConfigError
 from agent.profiles import Profile, load_profile_file, shipped_profiles
 
 EXIT_CONFIG = 2
+RUN_UMASK = 0o027
 EXIT_NOT_RUNNING = 3
 
 
@@ -45,17 +46,23 @@ def _load(path: Path) -> SiteConfig | None:
     try:
         return load_config(path)
     except ConfigError as e:
-        n = len(e.problems)
-        print(f"{path}: {n} problem{'s' if n != 1 else ''}:", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
+        _print_problems(path, e)
         return None
+
+
+def _print_problems(path: Path, e: ConfigError) -> None:
+    n = len(e.problems)
+    print(f"{path}: {n} problem{'s' if n != 1 else ''}:", file=sys.stderr)
+    for p in e.problems:
+        print(f"  {p}", file=sys.stderr)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    for w in config.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     print(
         f"{args.config}: ok ({_plural(len(config.buses), 'bus')}, "
         f"{_plural(len(config.devices), 'device')}, "
@@ -71,10 +78,17 @@ def _plural(n: int, word: str) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.runtime import run_agent
 
+    # What the agent creates (store, WAL, status file) is not for other users, also where
+    # no systemd unit sets UMask= (a stricter umask of the caller is kept).
+    os.umask(os.umask(RUN_UMASK) | RUN_UMASK)
     _setup_logging(args.log_level)
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    for w in config.warnings:
+        logging.getLogger("agent.config").warning("%s", w)
+    # A ConfigError at start-up (a read-only store folder, an unreadable password file):
+    # restarting will not fix it; main() exits 2, the unit's RestartPreventExitStatus.
     return run_agent(config)
 
 
@@ -449,7 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.fn(args)
+    try:
+        code: int = args.fn(args)
+    except ConfigError as e:
+        _print_problems(getattr(args, "config", Path("campus-agent")), e)
+        return EXIT_CONFIG
     return code
 
 

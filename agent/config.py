@@ -7,16 +7,24 @@ keys are errors. This module reads files; it never opens a port or a connection.
 from __future__ import annotations
 
 import os
-import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent import registry
+from agent.config_files import FileChecks, resolve_path
 from agent.contract import TOPIC_ROOT
 from agent.driver import Driver
 from agent.errors import ConfigError, Problem, ProfileError
@@ -30,13 +38,47 @@ from agent.profiles import (
 )
 from agent.sample import BoundDevice, BusSpec
 from agent.signing import public_key_from_text
-from agent.units import Duration, Size
+from agent.units import (
+    DAY,
+    HOUR,
+    MINUTE,
+    Duration,
+    KiB,
+    Size,
+    TiB,
+    duration_check,
+    duration_range,
+    size_range,
+)
+from agent.validation import CONFIG_FOLDER
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 DEFAULT_PATH = Path("/etc/campus-agent/agent.toml")
 TOPIC_SAFE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+# The range of every duration and size of the config, each with the reason a user reads.
+_STATUS_INTERVAL = duration_range(1.0, DAY, "the status is re-published at least this often")
+_DRAIN_TIMEOUT = duration_range(0, 5 * MINUTE, "the unit's TimeoutStopSec must be longer")
+_KEEPALIVE = duration_range(5.0, 18 * HOUR, "MQTT allows at most 65535 s; below 5 s it is noise")
+_CONNECT_TIMEOUT = duration_range(
+    1.0, 5 * MINUTE, "a CONNACK comes within seconds, even over a WAN"
+)
+_RECONNECT_MIN = duration_range(0.1, HOUR, "quicker would hammer a broker that is down")
+_RECONNECT_MAX = duration_range(0.1, HOUR, "a gateway must try again at least once an hour")
+_RECONNECT_PROBE = duration_range(0.2, HOUR, "more often only spins the CPU", off=True)
+_RECONNECT_SPREAD = duration_range(0, HOUR, "longer keeps the gateway offline for nothing")
+_MAX_SIZE = size_range(256 * KiB, TiB, "the cap on the store's files on disk, e.g. '512MiB'")
+_COMMIT_INTERVAL = duration_range(0.001, 1.0, "an alarm waits this long for its transaction")
+_TELEMETRY_DELAY = duration_range(0, 10.0, "a crash loses up to this much telemetry")
+_MAX_AGE = duration_range(1.0, DAY, "an older command is refused as expired")
+_CLOCK_SKEW = duration_range(0, HOUR, "how far ahead of this clock a command's stamp may be")
+
+# A device read more often spins the CPU; less often than daily it looks dead.
+check_poll_interval = duration_check(0.01, DAY, "quicker reads the device in a busy loop")
+PollInterval = Annotated[Duration, AfterValidator(check_poll_interval)]
 
 
 class _Strict(BaseModel):
@@ -47,11 +89,11 @@ class AgentSection(_Strict):
     school: str = Field(pattern=TOPIC_SAFE)
     gateway: str = Field(pattern=TOPIC_SAFE)
     topic_prefix: str = TOPIC_ROOT
-    status_interval: Duration = 30.0
+    status_interval: Annotated[Duration, _STATUS_INTERVAL] = 30.0
     # Where `campus-agent status` reads the local status; default: beside the store. Put it
     # on another file system (/run/campus-agent/status.json) so a full disk cannot hide it.
     status_file: Path | None = None
-    drain_timeout: Duration = 5.0
+    drain_timeout: Annotated[Duration, _DRAIN_TIMEOUT] = 5.0
 
     @field_validator("topic_prefix")
     @classmethod
@@ -104,16 +146,18 @@ class MqttSection(_Strict):
     username: str | None = None
     password_file: Path | None = None
     password_env: str | None = None
-    keepalive: Duration = 30.0
-    connect_timeout: Duration = 10.0
+    keepalive: Annotated[Duration, _KEEPALIVE] = 30.0
+    connect_timeout: Annotated[Duration, _CONNECT_TIMEOUT] = 10.0
     window: int = Field(default=200, ge=1, le=10000)
-    reconnect_min: Duration = 1.0
-    reconnect_max: Duration = 60.0
+    reconnect_min: Annotated[Duration, _RECONNECT_MIN] = 1.0
+    reconnect_max: Annotated[Duration, _RECONNECT_MAX] = 60.0
     # While the broker cannot be reached, a TCP connect to its port every reconnect_probe
     # (0: never) ends the backoff as soon as it listens again; the reconnection then waits a
     # random part of reconnect_spread, so that a district does not come back all at once.
-    reconnect_probe: Duration = 1.0
-    reconnect_spread: Duration = 1.0
+    reconnect_probe: Annotated[Duration, _RECONNECT_PROBE] = 1.0
+    reconnect_spread: Annotated[Duration, _RECONNECT_SPREAD] = 1.0
+    # Sending a password over mqtt:// puts it on the wire in plain text: refused unless set.
+    allow_plaintext_password: bool = False
     # MQTT 5: the largest packet we accept, told to the broker in CONNECT; it never sends a
     # bigger one (a command is at most [commands] max_payload). 3.1.1 has no such field: the
     # broker's own limit (mosquitto `max_packet_size`) is then the only guard (docs/scaling.md).
@@ -132,21 +176,14 @@ class MqttSection(_Strict):
 
 class StoreSection(_Strict):
     path: Path = Path("/var/lib/campus-agent/outbox.db")
-    max_size: Size = 512 * 1024**2
-    commit_interval: Duration = 0.005
+    max_size: Annotated[Size, _MAX_SIZE] = 512 * 1024**2
+    commit_interval: Annotated[Duration, _COMMIT_INTERVAL] = 0.005
     # Telemetry alone may wait this long to be committed with others (alarms never wait).
-    telemetry_delay: Duration = 0.05
+    telemetry_delay: Annotated[Duration, _TELEMETRY_DELAY] = 0.05
     synchronous: Literal["full", "normal"] = "full"
     # Audit events (who commanded what) are never evicted to make room for other events;
     # they are kept up to this many, and up to a quarter of max_size, oldest dropped first.
     audit_keep: int = Field(default=20_000, ge=100, le=1_000_000)
-
-    @field_validator("max_size")
-    @classmethod
-    def _min_size(cls, v: int) -> int:
-        if v < 256 * 1024:
-            raise ValueError("max_size must be at least 256KiB (e.g. '512MiB')")
-        return v
 
 
 class PrivacySection(_Strict):
@@ -170,8 +207,8 @@ class SigningKey(_Strict):
 
 class CommandsSection(_Strict):
     allow: list[str] = Field(default_factory=list)
-    max_age: Duration = 300.0
-    clock_skew: Duration = 30.0
+    max_age: Annotated[Duration, _MAX_AGE] = 300.0
+    clock_skew: Annotated[Duration, _CLOCK_SKEW] = 30.0
     # An MQTT 5 request's response topic is used only under this prefix (default: this
     # gateway's own cmd-reply/); any other is ignored (the reply still goes to cmd-reply/).
     response_topics: str | None = Field(default=None, min_length=1, max_length=200)
@@ -239,8 +276,21 @@ class _DeviceBase(BaseModel):
     profile: str | dict[str, Any]
     bus: str
     address: int | str | None = None
-    location: dict[str, str | int] = Field(default_factory=dict)
-    poll_interval: Duration | None = None
+    location: dict[str, Any] = Field(default_factory=dict)
+    poll_interval: PollInterval | None = None
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: dict[str, Any]) -> dict[str, str | int]:
+        # Copied into every event's JSON, whose readers keep integers exact up to 2**53.
+        for key, x in v.items():
+            whole = isinstance(x, int) and not isinstance(x, bool) and abs(x) <= 2**53
+            if not (isinstance(x, str) or whole):
+                raise ValueError(
+                    f"{key}: give text or a whole number between -2**53 and 2**53 "
+                    '(e.g. building = "A", floor = 1)'
+                )
+        return v
 
 
 class _Site(_Strict):
@@ -279,6 +329,8 @@ class SiteConfig:
     buses: tuple[BusSpec, ...]
     devices: tuple[BoundDevice, ...]
     alarms: AlarmsSection = field(default_factory=AlarmsSection)
+    # What `check` prints (and `run` logs) as a warning: allowed, but worth a second look.
+    warnings: tuple[Problem, ...] = ()
 
     def device(self, device_id: str) -> BoundDevice | None:
         """The device with this id, or None."""
@@ -290,7 +342,12 @@ class SiteConfig:
     def password(self) -> str | None:
         """The broker password, from its file or environment variable (never logged)."""
         if self.mqtt.password_file is not None:
-            return self.mqtt.password_file.read_text(encoding="utf-8").strip()
+            try:
+                return self.mqtt.password_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+                problem = Problem(str(self.path), "mqtt.password_file", f"cannot read it: {why}")
+                raise ConfigError([problem]) from None
         if self.mqtt.password_env is not None:
             return os.environ.get(self.mqtt.password_env)
         return None
@@ -300,93 +357,15 @@ def _one_of(names: list[str]) -> str:
     return ", ".join(names) if names else "(none)"
 
 
-def _resolve_path(base: Path, p: Path) -> Path:
-    return p if p.is_absolute() else (base / p)
-
-
-class _Checker:
+class _Checker(FileChecks):
     """Collects every problem in one pass over a config."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shown: str) -> None:
         self.path = path
-        self.file = str(path)
+        self.file = shown
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
         self.profile_files: dict[str, str] = {}
-
-    def add(self, entry: str, message: str) -> None:
-        self.problems.append(Problem(self.file, entry, message))
-
-    def check_files(self, site: _Site, base: Path) -> None:
-        m = site.mqtt
-        for key in ("ca_file", "cert_file", "key_file", "password_file"):
-            value = getattr(m, key)
-            if value is not None and not _resolve_path(base, value).is_file():
-                self.add(f"mqtt.{key}", f"file {str(value)!r} does not exist or is not a file")
-        for entry, secret in (
-            ("mqtt.password_file", m.password_file),
-            ("mqtt.key_file", m.key_file),
-            ("privacy.card_key_file", site.privacy.card_key_file),
-        ):
-            if secret is not None:
-                self.check_secret(entry, _resolve_path(base, secret))
-        if m.password_file is not None and m.password_env is not None:
-            self.add("mqtt.password_env", "give password_file or password_env, not both")
-        if (m.cert_file is None) != (m.key_file is None):
-            self.add("mqtt.cert_file", "a client certificate needs both cert_file and key_file")
-        if (m.cert_file or m.ca_file) and not m.address.tls:
-            self.add("mqtt.url", "TLS files are set but the URL is mqtt://; use mqtts://")
-        if m.reconnect_min > m.reconnect_max:
-            self.add("mqtt.reconnect_min", "must not be larger than reconnect_max")
-        if m.password_env is not None and m.password_env not in os.environ:
-            self.add(
-                "mqtt.password_env",
-                f"environment variable {m.password_env!r} is not set in this environment",
-            )
-        self.check_tls(m, base)
-        pk = site.privacy
-        card_key = pk.card_key_file
-        if (
-            pk.card_id == "hash"
-            and card_key is not None
-            and not _resolve_path(base, card_key).is_file()
-        ):
-            self.add("privacy.card_key_file", f"file {str(pk.card_key_file)!r} does not exist")
-
-    def check_secret(self, entry: str, path: Path) -> None:
-        """A secret file must not be readable by other users (like ssh's private keys)."""
-        try:
-            mode = path.stat().st_mode
-        except OSError:
-            return  # reported as missing elsewhere
-        if mode & 0o007:
-            self.add(
-                entry,
-                f"{str(path)!r} is readable by every user on this machine; "
-                f"run: chmod 600 {path} (or 640 with the agent's group)",
-            )
-
-    def check_tls(self, m: MqttSection, base: Path) -> None:
-        """Load the TLS files the way the publisher will, so `check` catches bad PEM."""
-        if not m.address.tls:
-            return
-        ca = _resolve_path(base, m.ca_file) if m.ca_file else None
-        if ca is not None and ca.is_file():
-            try:
-                ssl.create_default_context(cafile=str(ca))
-            except (ssl.SSLError, ValueError) as e:
-                self.add("mqtt.ca_file", f"{str(m.ca_file)!r} is not a PEM CA certificate ({e})")
-        if m.cert_file and m.key_file:
-            cert = _resolve_path(base, m.cert_file)
-            key = _resolve_path(base, m.key_file)
-            if cert.is_file() and key.is_file():
-                try:
-                    ssl.create_default_context().load_cert_chain(str(cert), str(key))
-                except (ssl.SSLError, ValueError) as e:
-                    self.add(
-                        "mqtt.cert_file",
-                        f"{str(m.cert_file)!r} and {str(m.key_file)!r} are not a matching PEM "
-                        f"certificate and private key ({e})",
-                    )
 
     def profile_for(
         self, entry: str, ref: str | dict[str, Any], base: Path, dirs: list[Path]
@@ -395,8 +374,8 @@ class _Checker:
             if isinstance(ref, dict):
                 return parse_profile(ref, f"{self.file}: {entry}")
             if ref.endswith(".toml") or "/" in ref:
-                profile = load_profile_file(_resolve_path(base, Path(ref)))
-                self.profile_files[profile.id] = str(_resolve_path(base, Path(ref)))
+                profile = load_profile_file(resolve_path(base, Path(ref)))
+                self.profile_files[profile.id] = str(resolve_path(base, Path(ref)))
                 return profile
             # The site's own profile folders win over the shipped profiles.
             known: dict[str, Path] = dict(shipped_profiles())
@@ -419,7 +398,8 @@ class _Checker:
         self, entry: str, model: type[BaseModel], extra: dict[str, Any]
     ) -> BaseModel | None:
         try:
-            return model.model_validate(extra)
+            # Path keys of a driver (agent.validation.ConfigPath) resolve against this folder.
+            return model.model_validate(extra, context={CONFIG_FOLDER: self.path.parent})
         except ValidationError as e:
             self.problems.extend(pydantic_problems(self.file, e, prefix=entry))
             return None
@@ -458,7 +438,7 @@ def _known_actions(devices: list[BoundDevice], dirs: list[Path]) -> set[str]:
 def load_config(path: Path | str) -> SiteConfig:
     """Read, validate and resolve a site config; raise ConfigError listing every problem."""
     path = Path(path)
-    c = _Checker(path)
+    shown = str(path)  # messages name the file as the user wrote it
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -474,9 +454,13 @@ def load_config(path: Path | str) -> SiteConfig:
     except ValidationError as e:
         raise ConfigError(pydantic_problems(str(path), e)) from None
 
+    # Absolute once, here: every relative path is taken from the config file's folder
+    # exactly once, whatever the working directory (`--config run/agent.toml`).
+    path = Path(os.path.abspath(path))
+    c = _Checker(path, shown)
     base = path.parent
-    c.check_files(site, base)
-    dirs = [_resolve_path(base, d) for d in site.profile_dirs]
+    c.check_files(site.mqtt, site.privacy, base)
+    dirs = [resolve_path(base, d) for d in site.profile_dirs]
 
     buses: list[BusSpec] = []
     bus_drivers: dict[str, type[Driver] | None] = {}
@@ -531,12 +515,18 @@ def load_config(path: Path | str) -> SiteConfig:
             checked_profiles.add(profile.id)
             where = c.profile_files.get(profile.id, f"{c.file}: {entry}.profile")
             c.problems += [Problem(where, f, m) for f, m in driver_profile_problems(cls, profile)]
+        poll = d.poll_interval or profile.defaults.poll_interval
+        try:
+            check_poll_interval(poll)
+        except ValueError as e:
+            c.add(f"{entry}.poll_interval", f"the profile's poll_interval: {e}")
+            continue
         bound = BoundDevice(
             id=d.id,
             profile=profile,
             bus=d.bus,
             address=d.address,
-            poll_interval=d.poll_interval or profile.defaults.poll_interval,
+            poll_interval=poll,
             location=dict(d.location),
             options=opts,
         )
@@ -560,18 +550,18 @@ def load_config(path: Path | str) -> SiteConfig:
         raise ConfigError(c.problems)
     mqtt = site.mqtt.model_copy(
         update={
-            k: _resolve_path(base, getattr(site.mqtt, k))
+            k: resolve_path(base, getattr(site.mqtt, k))
             for k in ("ca_file", "cert_file", "key_file", "password_file")
             if getattr(site.mqtt, k) is not None
         }
     )
-    store = site.store.model_copy(update={"path": _resolve_path(base, site.store.path)})
+    store = site.store.model_copy(update={"path": resolve_path(base, site.store.path)})
     status_file = site.agent.status_file or store.path.with_name(store.path.name + ".status.json")
-    agent = site.agent.model_copy(update={"status_file": _resolve_path(base, status_file)})
+    agent = site.agent.model_copy(update={"status_file": resolve_path(base, status_file)})
     privacy = site.privacy
     if privacy.card_key_file is not None:
         privacy = privacy.model_copy(
-            update={"card_key_file": _resolve_path(base, privacy.card_key_file)}
+            update={"card_key_file": resolve_path(base, privacy.card_key_file)}
         )
     return SiteConfig(
         path=path,
@@ -583,4 +573,5 @@ def load_config(path: Path | str) -> SiteConfig:
         alarms=site.alarms,
         buses=tuple(buses),
         devices=tuple(devices),
+        warnings=tuple(c.warnings),
     )

@@ -32,7 +32,7 @@ from agent.commands import CURRENT_COMMAND, CommandRouter
 from agent.config import SiteConfig, load_config
 from agent.contract import Code, CommandOutcome, Kind, NewEvent, Origin, status_details
 from agent.driver import Driver
-from agent.errors import ActionError, ConfigError
+from agent.errors import ActionError, ConfigError, Problem, StoreError
 from agent.points import DevicePoints, StormLimit
 from agent.publisher import Publisher
 from agent.sample import BoundDevice, BusSpec, Quality, Sample, Value
@@ -410,7 +410,11 @@ class Agent:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the process exit code."""
         loop = asyncio.get_running_loop()
-        await self.store.open()
+        try:
+            await self.store.open()
+        except StoreError as e:
+            # A folder this user cannot write: restarting will not fix it (exit 2).
+            raise ConfigError([Problem(str(self.config.path), "store.path", str(e))]) from None
         if self.store.stats.recovered:
             self._status_dirty = True
         for b in self.config.buses:

@@ -160,9 +160,8 @@ class Store:
 
     async def open(self) -> None:
         """Open (or create) the outbox; a damaged file is moved aside and a fresh one started."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         salvage_seq = 0
-        reason = await integrity_problem(self.path)
+        reason = await integrity_problem(self.path, SCHEMA)  # StoreError: cannot write there
         if reason is not None:
             salvage_seq = salvage_seq_of(self.path)
             moved = move_aside(self.path)

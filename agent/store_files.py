@@ -1,9 +1,11 @@
 """The outbox's files on disk: the start-up integrity check, moving a damaged file aside, size.
 
-A damaged store must not stop a gateway: it is moved aside (kept for a post-mortem) and a
-fresh one started, jumping `seq` past anything the old one can have issued. This module
-only reads, renames and (the reserve) creates the store's own files; it never deletes a
-store.
+A damaged store must not stop a gateway: a file SQLite finds corrupt, or whose tables the
+store cannot use (an `outbox` that is a view or has other columns), is moved aside (kept for
+a post-mortem) and a fresh one started, jumping `seq` past anything the old one can have
+issued. A folder the agent cannot write is not damage but a StoreError (the operator fixes
+it). This module only reads, renames and (the folder, the reserve) creates the store's own
+files; it never deletes a store.
 """
 
 from __future__ import annotations
@@ -16,9 +18,64 @@ from pathlib import Path
 
 import aiosqlite
 
+from agent.errors import StoreError
 
-async def integrity_problem(path: Path) -> str | None:
-    """SQLite's quick_check of an existing store: None when it is sound (or absent)."""
+# (name, declared type, not null, primary key) of a column, as PRAGMA table_info gives them.
+Column = tuple[str, str, int, int]
+
+
+def _shape(con: sqlite3.Connection) -> dict[str, tuple[str, str, list[Column]]]:
+    """name -> (type, table it belongs to, columns) of every object in a database."""
+    out: dict[str, tuple[str, str, list[Column]]] = {}
+    rows = con.execute("SELECT type, name, tbl_name FROM sqlite_master").fetchall()
+    for kind, name, table in rows:
+        cols: list[Column] = []
+        if kind == "table":
+            info = con.execute("SELECT * FROM pragma_table_info(?)", (name,)).fetchall()
+            cols = [(str(c[1]), str(c[2]).upper(), int(c[3]), int(c[5])) for c in info]
+        out[str(name)] = (str(kind), str(table), cols)
+    return out
+
+
+def schema_problem(path: Path, schema: str) -> str | None:
+    """Why the store's tables cannot be used with `schema` (the CREATE statements the store
+    runs), or None. An object of ours that is a view, a table with other columns, or a
+    trigger on one of our tables would make every commit fail: the file is as good as
+    damaged. A missing table is fine (it is created)."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        mem.executescript(schema)
+        want = _shape(mem)
+    finally:
+        mem.close()
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        have = _shape(con)
+    finally:
+        con.close()
+    ours = {name for name, (kind, _, _) in want.items() if kind == "table"}
+    for name, (kind, table, cols) in have.items():
+        if kind == "trigger" and table in ours:
+            return f"unexpected trigger {name!r} on table {table!r}"
+        if name not in want:
+            continue
+        wkind, _, wcols = want[name]
+        if kind != wkind:
+            return f"{name!r} is a {kind}, not a {wkind}"
+        if cols != wcols:
+            return f"table {name!r} has the columns ({_columns(cols)}), not ({_columns(wcols)})"
+    return None
+
+
+def _columns(cols: list[Column]) -> str:
+    return ", ".join(f"{n} {t}{' NOT NULL' if nn else ''}".strip() for n, t, nn, _ in cols)
+
+
+async def integrity_problem(path: Path, schema: str = "") -> str | None:
+    """Make the store's folder (StoreError when this process cannot write there); then
+    SQLite's quick_check of an existing store and its tables against `schema`: None when it
+    is sound (or absent)."""
+    make_folder(path)
     if not os.path.exists(path):  # noqa: ASYNC240 - one stat at start-up
         return None
     try:
@@ -29,13 +86,27 @@ async def integrity_problem(path: Path) -> str | None:
             result = ", ".join(str(r[0]) for r in rows)
             if result != "ok":
                 return result[:500]
-            async with db.execute("SELECT count(*) FROM sqlite_master WHERE name='outbox'") as cur:
-                await cur.fetchone()
         finally:
             await db.close()
+        return schema_problem(path, schema) if schema else None
     except sqlite3.DatabaseError as e:
         return str(e)
-    return None
+
+
+def make_folder(path: Path) -> None:
+    """Create the store's folder; StoreError when this process cannot write it or the
+    store's files (a read-only folder: a config problem, not a damaged store)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the store folder {path.parent}: {e.strerror}") from None
+    for p in (path.parent, path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if p.exists() and not os.access(p, os.W_OK):
+            what = "folder" if p.is_dir() else "file"
+            raise StoreError(
+                f"the store {what} {p} is read-only for this user (uid {os.geteuid()}): give "
+                "the agent's user write access, or set [store] path to a writable folder"
+            )
 
 
 def salvage_seq_of(path: Path) -> int:

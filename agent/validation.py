@@ -7,7 +7,13 @@ read: the entry (`devices[2].bus`, `points[0].wire.address`) and what to do. It 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ValidationError
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, ValidationInfo
+
+# The validation context key under which the config loader passes the config file's folder.
+CONFIG_FOLDER = "config_folder"
 
 
 def format_loc(loc: tuple[int | str, ...]) -> str:
@@ -75,3 +81,16 @@ def one_of(value: int, allowed: tuple[int, ...], what: str) -> int:
     if value not in allowed:
         raise ValueError(f"{value} is not a {what}; use one of {', '.join(map(str, allowed))}")
     return value
+
+
+def _from_config_folder(value: str, info: ValidationInfo) -> str:
+    """A relative path taken from the config file's folder (when validating a config)."""
+    folder = (info.context or {}).get(CONFIG_FOLDER)
+    if folder is None or "://" in value or Path(value).is_absolute():
+        return value  # pyserial URLs (socket://, rfc2217://) are not paths
+    return str(Path(folder) / value)
+
+
+# A driver's file or device path key: relative to the config file's folder, as the README
+# promises, never to the agent's working directory.
+ConfigPath = Annotated[str, Field(min_length=1), AfterValidator(_from_config_folder)]

@@ -78,7 +78,8 @@ def test_refused_password_is_reported_and_nothing_lost(password_broker, make_age
     agent = make_agent(
         password_broker.url,
         env_device(rate=50),
-        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"',
+        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"\n'
+        "allow_plaintext_password = true",
     )
     st = agent.wait_status(
         lambda s: s["broker"]["last_error"] and s["backlog"] > 50, 20, "a refusal"
@@ -101,7 +102,8 @@ def test_puback_failure_keeps_event_stored_and_status_says_why(
     agent = make_agent(
         password_broker.url,
         env_device(rate=20) + fence_device(),
-        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"',
+        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"\n'
+        "allow_plaintext_password = true",
         start=False,
     )
     cfg = agent.config.read_text().replace('gateway = "gw-main"', 'gateway = "gw-wrong"')
@@ -134,7 +136,8 @@ def test_human_status_shows_parked_refused_events_and_when_they_are_resent(
     agent = make_agent(
         password_broker.url,
         env_device(rate=20) + fence_device(),
-        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"',
+        mqtt_extra=f'username = "pt-023.gw-main"\npassword_file = "{secret}"\n'
+        "allow_plaintext_password = true",
         start=False,
     )
     agent.config.write_text(

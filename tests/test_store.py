@@ -246,3 +246,62 @@ async def test_telemetry_delay_zero_commits_each_reading_at_once(tmp_path):
         with contextlib.suppress(asyncio.CancelledError):
             await runner
         await s.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("CREATE VIEW outbox AS SELECT 1 AS seq", "'outbox' is a view, not a table"),
+        ("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, body TEXT)", "has the columns"),
+        (
+            "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, prio INTEGER NOT NULL, created REAL "
+            "NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL, "
+            "parked TEXT NOT NULL)",
+            "parked TEXT NOT NULL",
+        ),
+        (
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value);"
+            "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, prio INTEGER NOT NULL, created REAL "
+            "NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL, "
+            "parked TEXT);"
+            "CREATE TRIGGER no_insert BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'no'); END",
+            "unexpected trigger 'no_insert'",
+        ),
+    ],
+)
+async def test_an_outbox_the_store_cannot_use_is_moved_aside_like_a_damaged_file(
+    tmp_path, damage, says
+):
+    """A file SQLite finds sound but whose `outbox` is a view, has other columns or a
+    trigger that refuses inserts: before, every commit failed for ever (the agent hung with
+    its events in memory). Now it is moved aside and a fresh store takes events."""
+    path = tmp_path / "o.db"
+    con = sqlite3.connect(path)
+    con.executescript(damage)
+    con.close()
+    s = await open_store(path)
+    try:
+        rec = s.stats.recovered
+        assert rec is not None, "the unusable store was opened as it is"
+        assert says in rec["reason"]
+        assert (tmp_path / rec["moved_to"]).exists()
+        s.add(ev(Kind.ALARM))
+        assert await asyncio.wait_for(s.commit_now(), 10) == 1
+        (row,) = await s.fetch({}, 10)
+        assert row.priority == 0
+    finally:
+        # An unusable outbox left open keeps its events queued: close gives up after 10 s.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(s.close(), 10)
+
+
+async def test_a_sound_store_is_not_moved_aside(tmp_path):
+    path = tmp_path / "o.db"
+    s = await open_store(path)
+    s.add(ev())
+    await s.commit_now()
+    await s.close()
+    s2 = await open_store(path)
+    assert s2.stats.recovered is None
+    assert s2.stats.backlog == 1
+    await s2.close()

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, get_args
+from typing import Annotated, Any, ClassVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -27,8 +27,8 @@ from agent.errors import ActionError, BadArgumentError, DriverError
 from agent.profiles import Profile
 from agent.sample import BoundDevice, BusSpec, Sample
 from agent.sample import Value as SampleValue
-from agent.units import Duration
-from agent.validation import one_of
+from agent.units import HOUR, Duration, duration_range
+from agent.validation import ConfigPath, one_of
 from firmware_bridge.codes import ActionStatus, NackReason
 from firmware_bridge.errors import FirmwareError, ImageRejectedError, LinkDownError, NodeNackError
 from firmware_bridge.host import Host, NodeInfo, action_status_name
@@ -54,23 +54,21 @@ class BridgeBus(BaseModel):
     """Keys of a `driver = "bridge"` [[buses]] entry."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    port: str = Field(min_length=1)  # prefer /dev/serial/by-id/... (stable across reboots)
+    port: ConfigPath  # prefer /dev/serial/by-id/... (stable across reboots)
     baudrate: int = 115200
-    heartbeat: Duration = 5.0
-    silence_timeout: Duration = 15.0  # the node is offline after this long without a frame
-    firmware_dir: str | None = None  # images `firmware_update` may send; unset: no updates
+    heartbeat: Annotated[
+        Duration, duration_range(0.1, 60.0, "the node must hear from the host within a minute")
+    ] = 5.0
+    # The node is offline after this long without a frame.
+    silence_timeout: Annotated[
+        Duration, duration_range(1.0, HOUR, "shorter flaps on a busy link; longer hides a loss")
+    ] = 15.0
+    firmware_dir: ConfigPath | None = None  # images `firmware_update` may send; unset: none
 
     @field_validator("baudrate")
     @classmethod
     def _baud(cls, v: int) -> int:
         return one_of(v, BAUD_RATES, "serial baud rate")
-
-    @field_validator("silence_timeout")
-    @classmethod
-    def _silence(cls, v: float) -> float:
-        if v < 1.0:
-            raise ValueError("silence_timeout must be at least 1s")
-        return v
 
 
 class BridgeDevice(BaseModel):

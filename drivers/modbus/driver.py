@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -26,13 +26,17 @@ from agent.driver import DeviceSink, Driver, Problems
 from agent.errors import ActionError, DriverError
 from agent.profiles import Profile
 from agent.sample import BoundDevice, BusSpec, Quality, Sample, Value
-from agent.units import Duration
-from agent.validation import one_of
+from agent.units import Duration, duration_range
+from agent.validation import ConfigPath, one_of
 from drivers.modbus.codec import ReadBlock, Register, Write, encode, plan_reads
 
 log = logging.getLogger(__name__)
 BAUD_RATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+
+# A Modbus answer takes milliseconds; a bus that waits minutes for one polls nothing else.
+Timeout = Annotated[Duration, duration_range(0.01, 60.0, "the time one answer may take")]
 
 
 class ModbusTcpBus(BaseModel):
@@ -41,7 +45,7 @@ class ModbusTcpBus(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     host: str = Field(min_length=1)
     port: int = Field(default=502, ge=1, le=65535)
-    timeout: Duration = 1.0
+    timeout: Timeout = 1.0
     retries: int = Field(default=1, ge=0, le=5)
     max_concurrent: int = Field(default=4, ge=1, le=64)  # requests in flight to this host
 
@@ -50,12 +54,12 @@ class ModbusRtuBus(BaseModel):
     """Keys of a `driver = "modbus-rtu"` [[buses]] entry."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    port: str = Field(min_length=1)  # prefer /dev/serial/by-id/... (stable across reboots)
+    port: ConfigPath  # prefer /dev/serial/by-id/... (stable across reboots)
     baudrate: int = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
-    timeout: Duration = 0.5
+    timeout: Timeout = 0.5
     retries: int = Field(default=1, ge=0, le=5)
 
     @field_validator("baudrate")

@@ -12,14 +12,14 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from agent.driver import DeviceSink, Driver, NoOptions
 from agent.errors import ActionError, DriverError
 from agent.sample import BoundDevice, BusSpec, Sample, Value
-from agent.units import Duration
+from agent.units import DAY, Duration, duration_range
 
 
 class SyntheticWire(BaseModel):
@@ -28,7 +28,9 @@ class SyntheticWire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     min: StrictInt | StrictFloat = 0.0
     max: StrictInt | StrictFloat = 100.0
-    period: Duration = 600.0
+    period: Annotated[
+        Duration, duration_range(0.01, 7 * DAY, "0 for a flat line; quicker is noise", off=True)
+    ] = 600.0
     initial: StrictBool | StrictInt | StrictFloat | str = False  # state points
 
 
@@ -37,8 +39,12 @@ class SyntheticDevice(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     rate: float | None = Field(default=None, gt=0, le=1_000_000)  # readings/s; else poll_interval
-    alarm_every: Duration | None = None  # toggle every alarm point this often
-    crash_after: Duration | None = None  # fault injection: the driver fails after this long
+    # Toggle every alarm point this often (a phase of the clock, not a timer: 1 ms is a storm).
+    alarm_every: (
+        Annotated[Duration, duration_range(0.001, DAY, "a test's alarm storm", off=True)] | None
+    ) = None
+    # Fault injection: the driver fails after this long.
+    crash_after: Annotated[Duration, duration_range(0, DAY, "a test's fault")] | None = None
 
 
 class SyntheticDriver(Driver):
