@@ -44,10 +44,12 @@ from agent.units import (
     MINUTE,
     Duration,
     KiB,
+    MiB,
     Size,
     TiB,
     duration_check,
     duration_range,
+    number_range,
     size_range,
 )
 from agent.validation import CONFIG_FOLDER
@@ -75,6 +77,20 @@ _COMMIT_INTERVAL = duration_range(0.001, 1.0, "an alarm waits this long for its 
 _TELEMETRY_DELAY = duration_range(0, 10.0, "a crash loses up to this much telemetry")
 _MAX_AGE = duration_range(1.0, DAY, "an older command is refused as expired")
 _CLOCK_SKEW = duration_range(0, HOUR, "how far ahead of this clock a command's stamp may be")
+
+_MAX_PACKET = size_range(2 * KiB, 16 * MiB, "a command is at most [commands] max_payload")
+_AUDIT_KEEP = number_range(100, 1_000_000, "audit events kept unsent, oldest dropped first")
+_CMD_RATE = number_range(0.1, 1000, "commands handled a second; more is a flood")
+_CMD_BURST = number_range(1, 10_000, "commands handled at once before the rate applies")
+_CMD_QUEUE = number_range(1, 10_000, "commands waiting; each holds its payload in memory")
+_BUSY_REPLIES = number_range(0.1, 100, "busy replies a second during a flood")
+_BUSY_AUDIT = duration_range(1.0, HOUR, "one audit event sums up the drops of this long")
+_MAX_PAYLOAD = size_range(KiB, MiB, "the largest command; 16KiB holds any profile's")
+_STORM_RATE = number_range(0.1, 10_000, "alarm edges a second one device may send")
+_STORM_BURST = number_range(1, 100_000, "alarm edges at once, e.g. every zone together")
+_STORM_REPORT = duration_range(
+    1.0, 10 * MINUTE, "a storming device's latest edges go out this often"
+)
 
 # A device read more often spins the CPU; less often than daily it looks dead.
 check_poll_interval = duration_check(0.01, DAY, "quicker reads the device in a busy loop")
@@ -161,7 +177,7 @@ class MqttSection(_Strict):
     # MQTT 5: the largest packet we accept, told to the broker in CONNECT; it never sends a
     # bigger one (a command is at most [commands] max_payload). 3.1.1 has no such field: the
     # broker's own limit (mosquitto `max_packet_size`) is then the only guard (docs/scaling.md).
-    max_packet_size: Size = Field(default=20 * 1024, ge=2 * 1024, le=16 * 1024**2)
+    max_packet_size: Annotated[Size, _MAX_PACKET] = 20 * KiB
 
     @field_validator("url")
     @classmethod
@@ -183,7 +199,7 @@ class StoreSection(_Strict):
     synchronous: Literal["full", "normal"] = "full"
     # Audit events (who commanded what) are never evicted to make room for other events;
     # they are kept up to this many, and up to a quarter of max_size, oldest dropped first.
-    audit_keep: int = Field(default=20_000, ge=100, le=1_000_000)
+    audit_keep: Annotated[int, _AUDIT_KEEP] = 20_000
 
 
 class PrivacySection(_Strict):
@@ -215,12 +231,12 @@ class CommandsSection(_Strict):
     # A flood of commands costs at most this much: `rate` a second (`burst` saved up) and
     # `queue` waiting; the rest is dropped, counted, answered `busy` at most `busy_replies`
     # a second and summed up in one audit event per `busy_audit_interval`.
-    rate: float = Field(default=10.0, ge=0.1, le=1000.0)
-    burst: int = Field(default=50, ge=1, le=10000)
-    queue: int = Field(default=100, ge=1, le=10000)
-    busy_replies: float = Field(default=2.0, ge=0.1, le=100.0)
-    busy_audit_interval: Duration = Field(default=10.0, ge=1.0, le=3600.0)
-    max_payload: Size = Field(default=16 * 1024, ge=1024, le=1024**2)
+    rate: Annotated[float, _CMD_RATE] = 10.0
+    burst: Annotated[int, _CMD_BURST] = 50
+    queue: Annotated[int, _CMD_QUEUE] = 100
+    busy_replies: Annotated[float, _BUSY_REPLIES] = 2.0
+    busy_audit_interval: Annotated[Duration, _BUSY_AUDIT] = 10.0
+    max_payload: Annotated[Size, _MAX_PAYLOAD] = 16 * KiB
     # Ed25519 signatures: required on every command, optional (checked when present), or
     # off. Default: required once a key is configured. A profile's action may require one
     # (`signature = "required"`, e.g. disarm) whenever keys are configured, whatever this says.
@@ -259,9 +275,9 @@ class AlarmsSection(_Strict):
     """Alarm storms: a device sending more alarm edges than this is coalesced (agent/points.py
     StormLimit): first edges sent, then the latest of each point every `storm_report`."""
 
-    storm_rate: float = Field(default=20.0, ge=0.1, le=10000.0)
-    storm_burst: int = Field(default=40, ge=1, le=100000)
-    storm_report: Duration = Field(default=10.0, ge=1.0, le=600.0)
+    storm_rate: Annotated[float, _STORM_RATE] = 20.0
+    storm_burst: Annotated[int, _STORM_BURST] = 40
+    storm_report: Annotated[Duration, _STORM_REPORT] = 10.0
 
 
 class _BusBase(BaseModel):

@@ -39,7 +39,8 @@ def _shape(con: sqlite3.Connection) -> dict[str, tuple[str, str, list[Column]]]:
 
 def schema_problem(path: Path, schema: str) -> str | None:
     """Why the store's tables cannot be used with `schema` (the CREATE statements the store
-    runs), or None. An object of ours that is a view, a table with other columns, or a
+    runs), or None. An object of ours that is a view, a table with other columns (an older
+    store's table missing only the newest trailing columns is fine), or a
     trigger on one of our tables would make every commit fail: the file is as good as
     damaged. A missing table is fine (it is created)."""
     mem = sqlite3.connect(":memory:")
@@ -62,7 +63,9 @@ def schema_problem(path: Path, schema: str) -> str | None:
         wkind, _, wcols = want[name]
         if kind != wkind:
             return f"{name!r} is a {kind}, not a {wkind}"
-        if cols != wcols:
+        # A store from an earlier version may lack columns added since (at the end, as
+        # ALTER TABLE ADD COLUMN puts them): the store adds them; anything else is damage.
+        if cols != wcols and (not cols or cols != wcols[: len(cols)]):
             return f"table {name!r} has the columns ({_columns(cols)}), not ({_columns(wcols)})"
     return None
 

@@ -141,6 +141,17 @@ def size_range(lo: int, hi: int, why: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def number_range(lo: float, hi: float, why: str) -> AfterValidator:
+    """A plain number's range lo..hi (a rate, a count); NaN and infinities are out of it."""
+
+    def check(v: float) -> float:
+        if lo <= v <= hi:
+            return v
+        raise ValueError(f"{v} is out of range: use {lo:g} to {hi:g} ({why})")
+
+    return AfterValidator(check)
+
+
 # The field types every config, profile and driver model uses for these quantities.
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]

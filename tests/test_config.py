@@ -161,17 +161,30 @@ def _problems(cfg: Path) -> dict[str, str]:
         ("device", 'alarm_every = "0.1ms"', "devices[0].alarm_every", "use 1ms to 1d"),
         ("device", "location = { floor = 1e400 }", "devices[0].location", "whole number"),
         ("device", f"location = {{ floor = {2**60} }}", "devices[0].location", "2**53"),
+        ("commands", "rate = 0", "commands.rate", "use 0.1 to 1000 (commands handled"),
+        ("commands", "rate = inf", "commands.rate", "out of range"),
+        ("commands", "burst = 0", "commands.burst", "use 1 to 10000"),
+        ("commands", "queue = 1000000", "commands.queue", "holds its payload in memory"),
+        ("commands", "busy_replies = nan", "commands.busy_replies", "out of range"),
+        ("commands", 'busy_audit_interval = "0s"', "commands.busy_audit_interval", "1s to 1h"),
+        ("commands", 'max_payload = "1GiB"', "commands.max_payload", "use 1KiB to 1MiB"),
+        ("mqtt", 'max_packet_size = "1KiB"', "mqtt.max_packet_size", "use 2KiB to 16MiB"),
+        ("store", "audit_keep = 1", "store.audit_keep", "use 100 to 1e+06"),
+        ("alarms", "storm_rate = 0", "alarms.storm_rate", "alarm edges a second"),
+        ("alarms", "storm_burst = 0", "alarms.storm_burst", "use 1 to 100000"),
+        ("alarms", 'storm_report = "1h"', "alarms.storm_report", "use 1s to 10min"),
     ],
 )
 def test_out_of_range_values_are_refused_with_the_range_and_why(
     tmp_path, section, line, entry, says
 ):
-    sections = {"agent": "", "mqtt": "", "store": "", "commands": "", "device": ""}
+    sections = {"agent": "", "mqtt": "", "store": "", "commands": "", "alarms": "", "device": ""}
     sections[section] = line + "\n"
     text = (
         f'[agent]\nschool = "pt-023"\ngateway = "gw-main"\n{sections["agent"]}'
         f'[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n{sections["mqtt"]}'
         f"[store]\n{sections['store']}[commands]\n{sections['commands']}"
+        f"[alarms]\n{sections['alarms']}"
         f"{SIM}{DEVICE}{sections['device']}"
     )
     problems = _problems(_config(tmp_path, text))

@@ -133,6 +133,33 @@ async def test_audit_events_survive_a_full_store_of_alarms(tmp_path):
     await s.close()
 
 
+async def test_a_store_from_before_the_outcome_column_is_upgraded_not_moved_aside(tmp_path):
+    """The replay table gained `outcome` (#9): an existing gateway's store must keep its
+    backlog and its remembered ids across the upgrade."""
+    path = tmp_path / "o.db"
+    con = sqlite3.connect(path)
+    con.executescript(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, prio INTEGER NOT NULL, created REAL "
+        "NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL, parked "
+        "TEXT); CREATE INDEX outbox_prio_seq ON outbox (prio, seq); CREATE TABLE meta (key TEXT"
+        " PRIMARY KEY, value); CREATE TABLE commands_seen (id TEXT PRIMARY KEY, expires REAL "
+        "NOT NULL);"
+    )
+    con.execute("INSERT INTO outbox VALUES (7, 0, 1.0, 't', x'7b7d', 0, NULL)")
+    con.execute("INSERT INTO commands_seen VALUES ('cmd-old-000001', ?)", (time.time() + 600,))
+    con.commit()
+    con.close()
+    s = await open_store(path)
+    assert s.stats.recovered is None
+    assert [r.seq for r in await s.fetch({}, 10)] == [7]
+    assert await s.remember_command("cmd-old-000001", time.time() + 600) == ""
+    assert await s.remember_command("cmd-new-000001", time.time() + 600) is True
+    await s.note_command_outcome("cmd-new-000001", "ok")
+    assert await s.remember_command("cmd-new-000001", time.time() + 600) == "ok"
+    await s.close()
+    assert not [p for p in tmp_path.iterdir() if "damaged" in p.name or ".bad" in p.name]
+
+
 async def test_audit_retention_keeps_the_newest_within_its_own_limit(tmp_path):
     s = await open_store(tmp_path / "o.db", max_size=64 << 20, audit_keep=100)
     for i in range(300):
