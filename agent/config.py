@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from agent import registry
+from agent.cards import CardKey
 from agent.config_files import FileChecks, resolve_path
 from agent.contract import TOPIC_ROOT
 from agent.driver import Driver
@@ -57,6 +58,8 @@ from agent.validation import CONFIG_FOLDER
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+# Devices of these profile categories hand the core card reads (agent/cards.py).
+CARD_CATEGORIES = frozenset({"card"})
 DEFAULT_PATH = Path("/etc/campus-agent/agent.toml")
 TOPIC_SAFE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -78,6 +81,7 @@ _TELEMETRY_DELAY = duration_range(0, 10.0, "a crash loses up to this much teleme
 _MAX_AGE = duration_range(1.0, DAY, "an older command is refused as expired")
 _CLOCK_SKEW = duration_range(0, HOUR, "how far ahead of this clock a command's stamp may be")
 
+_DEDUP_WINDOW = duration_range(0, MINUTE, "a card held on a reader is one swipe this long")
 _MAX_PACKET = size_range(2 * KiB, 16 * MiB, "a command is at most [commands] max_payload")
 _AUDIT_KEEP = number_range(100, 1_000_000, "audit events kept unsent, oldest dropped first")
 _CMD_RATE = number_range(0.1, 1000, "commands handled a second; more is a flood")
@@ -203,8 +207,17 @@ class StoreSection(_Strict):
 
 
 class PrivacySection(_Strict):
+    """Card numbers (agent/cards.py, docs/privacy.md)."""
+
     card_id: Literal["hash", "raw"] = "hash"
     card_key_file: Path | None = None
+    # The key's id in every access event (rotation: the district holds old and new keys);
+    # default: a fingerprint of the key.
+    card_key_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    # "exact": the number as read; "wiegand26": its low 24 bits (an EM4100 reader and a
+    # Wiegand-26 converter then give one physical card the same hash).
+    card_match: Literal["exact", "wiegand26"] = "exact"
+    dedup_window: Annotated[Duration, _DEDUP_WINDOW] = 2.0
 
 
 class SigningKey(_Strict):
@@ -345,6 +358,7 @@ class SiteConfig:
     buses: tuple[BusSpec, ...]
     devices: tuple[BoundDevice, ...]
     alarms: AlarmsSection = field(default_factory=AlarmsSection)
+    card_key: CardKey | None = None
     # What `check` prints (and `run` logs) as a warning: allowed, but worth a second look.
     warnings: tuple[Problem, ...] = ()
 
@@ -562,6 +576,13 @@ def load_config(path: Path | str) -> SiteConfig:
                 + _one_of(sorted(known_actions)[:6]),
             )
 
+    card_devices = [d.id for d in devices if d.profile.category in CARD_CATEGORIES]
+    if card_devices and site.privacy.card_id == "hash" and site.privacy.card_key_file is None:
+        c.add(
+            "privacy.card_key_file",
+            f"required: card readers are configured ({', '.join(card_devices[:3])}) and card "
+            "numbers are hashed with the school's key (docs/privacy.md)",
+        )
     if c.problems:
         raise ConfigError(c.problems)
     mqtt = site.mqtt.model_copy(
@@ -575,16 +596,24 @@ def load_config(path: Path | str) -> SiteConfig:
     status_file = site.agent.status_file or store.path.with_name(store.path.name + ".status.json")
     agent = site.agent.model_copy(update={"status_file": resolve_path(base, status_file)})
     privacy = site.privacy
+    card_key = None
     if privacy.card_key_file is not None:
-        privacy = privacy.model_copy(
-            update={"card_key_file": resolve_path(base, privacy.card_key_file)}
-        )
+        key_file = resolve_path(base, privacy.card_key_file)
+        privacy = privacy.model_copy(update={"card_key_file": key_file})
+        if privacy.card_id == "hash":
+            try:
+                card_key = CardKey.load(key_file, privacy.card_key_id)
+            except ConfigError as e:
+                raise ConfigError(
+                    [Problem(shown, p.entry, p.message) for p in e.problems]
+                ) from None
     return SiteConfig(
         path=path,
         agent=agent,
         mqtt=mqtt,
         store=store,
         privacy=privacy,
+        card_key=card_key,
         commands=site.commands,
         alarms=site.alarms,
         buses=tuple(buses),

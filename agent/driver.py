@@ -19,6 +19,7 @@ from agent.errors import ActionError
 from agent.validation import model_problems
 
 if TYPE_CHECKING:
+    from agent.cards import CardRead
     from agent.profiles import Profile
     from agent.sample import BoundDevice, BusSpec, Sample, Value
 
@@ -41,6 +42,11 @@ class DeviceSink(Protocol):
         info: Mapping[str, Value] | None = None,
     ) -> None:
         """Report that a device answers again (online) or stopped answering (offline)."""
+
+    async def card(self, read: CardRead) -> None:
+        """Hand over a card presented at one of the device's readers. The number goes through
+        the privacy pipeline (agent/cards.py): hashed, de-duplicated, sent as an access event.
+        A driver never logs, stores or publishes the number itself."""
 
     async def action_failed(self, device: str, action: str, reason: str) -> None:
         """An action that was replied `ok` (it started) failed later, in the background (a

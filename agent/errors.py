@@ -36,6 +36,11 @@ class ConfigError(AgentError):
     def __str__(self) -> str:
         return "\n".join(str(p) for p in self.problems)
 
+    @classmethod
+    def one(cls, entry: str, message: str, file: str = "") -> ConfigError:
+        """A config error of one problem (found after loading, e.g. reading a key file)."""
+        return cls(problems=[Problem(file, entry, message)])
+
 
 class ProfileError(ConfigError):
     """A device profile file is not usable."""

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from agent import __version__, registry
+from agent.cards import CardPipeline, CardRead
 from agent.clock import ClockState
 from agent.command_gate import CommandGate
 from agent.commands import CURRENT_COMMAND, CommandRouter
@@ -85,6 +86,9 @@ class _Sink:
         info: Mapping[str, Value] | None = None,
     ) -> None:
         self.agent.set_available(device, online=online, reason=reason, info=dict(info or {}))
+
+    async def card(self, read: CardRead) -> None:
+        await self.agent.card(read)
 
     async def action_failed(self, device: str, action: str, reason: str) -> None:
         a = self.agent
@@ -148,6 +152,14 @@ class Agent:
             status=self.public_status,
             on_command=self.gate.offer,
         )
+        self.cards = CardPipeline(
+            mode=config.privacy.card_id,
+            key=config.card_key,
+            match=config.privacy.card_match,
+            window=config.privacy.dedup_window,
+            category_of=self._category_of,
+        )
+        self._card_timer: asyncio.TimerHandle | None = None
         self.points: dict[str, DevicePoints] = {}
         self.devices: dict[str, DeviceState] = {}
         self.drivers: dict[str, Driver] = {}
@@ -178,6 +190,33 @@ class Agent:
             points.availability(time.time(), online=online, reason=reason, info=info or {})
         )
         self._status_dirty = True
+
+    # ---- cards ---------------------------------------------------------------------
+
+    def _category_of(self, device: str) -> tuple[str, str] | None:
+        d = self.config.device(device)
+        return (d.profile.category, d.profile.id) if d else None
+
+    async def card(self, read: CardRead) -> None:
+        """A card read from a driver: through the privacy pipeline into the store."""
+        if self.config.device(read.device) is None:
+            return
+        events, wake_at = self.cards.offer(read)
+        for ev in events:
+            await self.store.add_wait(ev)
+        if wake_at is not None and self._card_timer is None:
+            delay = max(0.0, wake_at - time.time())
+            self._card_timer = asyncio.get_running_loop().call_later(delay, self._cards_due)
+
+    def _cards_due(self, *, everything: bool = False) -> None:
+        """Send the reads whose de-duplication window closed; re-arm for the next one."""
+        self._card_timer = None
+        for ev in self.cards.due(time.time(), everything=everything):
+            self.store.add(ev)
+        nxt = self.cards.next_due()
+        if nxt is not None and not everything:
+            delay = max(0.0, nxt - time.time())
+            self._card_timer = asyncio.get_running_loop().call_later(delay, self._cards_due)
 
     def _bind(self, devices: Sequence[BoundDevice]) -> None:
         for d in devices:
@@ -261,12 +300,17 @@ class Agent:
             self.last_reload_error = str(e)
             log.error("config reload refused, keeping the running config:\n%s", e)
             return False
-        for section in ("agent", "mqtt", "store"):
+        for section in ("agent", "mqtt", "store", "privacy"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("config reload: [%s] changed; restart the agent to apply it", section)
         # Those sections keep running as they are until a restart; show what runs.
         new = dataclasses.replace(
-            new, agent=self.config.agent, mqtt=self.config.mqtt, store=self.config.store
+            new,
+            agent=self.config.agent,
+            mqtt=self.config.mqtt,
+            store=self.config.store,
+            privacy=self.config.privacy,
+            card_key=self.config.card_key,
         )
         old_buses = {b.id: b for b in self.config.buses}
         new_buses = {b.id: b for b in new.buses}
@@ -357,6 +401,7 @@ class Agent:
                     "recovered": s.recovered,
                 },
                 "commands": {**self.router.status(), **self.gate.status()},
+                "cards": self.cards.status(),
                 "driver_restarts": dict(self.restarts),
                 "buses": {
                     **self.stopped_bus_stats,
@@ -460,6 +505,9 @@ class Agent:
     async def _shutdown(self, core: list[asyncio.Task[Any]]) -> None:
         log.info("stopping: draining in-flight events")
         self.gate.flush_audit()  # commands dropped since the last summary are audited too
+        if self._card_timer is not None:
+            self._card_timer.cancel()
+        self._cards_due(everything=True)  # reads still in their de-duplication window
         for bus_id in list(self.bus_tasks):
             await self._stop_bus(bus_id)
         with contextlib.suppress(Exception):
