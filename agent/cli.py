@@ -158,6 +158,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"store:    ERROR {s['last_error']}")
     if doc.get("last_reload_error"):
         print("reload:   the last SIGHUP was refused; the old config is running")
+    cards = doc.get("cards") or {}
+    if cards.get("reads") or cards.get("card_id") == "raw":
+        how = (
+            "SENT IN CLEAR (card_id = raw)"
+            if cards.get("card_id") == "raw"
+            else f"hashed with key {cards.get('key_id')}"
+        )
+        print(
+            f"cards:    {cards.get('reads', 0)} reads, {cards.get('events', 0)} access events, "
+            f"{cards.get('duplicates', 0)} duplicates merged; numbers {how}"
+        )
     print("devices:")
     for dev, st in doc.get("devices", {}).items():
         state = {True: "online", False: "OFFLINE", None: "unknown"}[st.get("online")]

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from agent.config import CommandsSection
+from agent.config_sections import CommandsSection
 from agent.contract import (
     UNKNOWN_DEVICE,
     Code,

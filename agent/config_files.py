@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from agent.errors import Problem
 
 if TYPE_CHECKING:
-    from agent.config import MqttSection, PrivacySection
+    from agent.config import MqttSection
+    from agent.config_sections import PrivacySection
 
 
 def resolve_path(base: Path, p: Path) -> Path:

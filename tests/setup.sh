@@ -15,6 +15,10 @@ have openssl || missing+=(openssl)
 have gcc || missing+=(gcc)
 have make || missing+=(make)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# evdev (the `hid` extra, drivers/card_hid) is built from source: Python.h and linux/input.h.
+python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
+  2>/dev/null || missing+=(python3-dev)
+[ -f /usr/include/linux/input.h ] || missing+=(linux-libc-dev)
 # systemd-analyze scores systemd/campus-agent.service and expands its system call groups;
 # the package brings libseccomp too (tests/test_systemd_unit.py). Installed without its
 # recommends (dbus, timesyncd); where systemd is not PID 1 its postinst starts nothing.
@@ -39,4 +43,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # constraints.txt: the versions the suite was last run with (pip freeze); pyproject.toml
 # only bounds them.
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,hid]'

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.commands import CommandRouter
-from agent.config import SigningKey, load_config
+from agent.config import load_config
+from agent.config_sections import SigningKey
 from agent.signing import new_private_key_pem, public_key_text
 
 TOPIC = "campus/v1/pt-023/gw-main/cmd/"

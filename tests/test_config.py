@@ -310,7 +310,7 @@ def test_tls_and_secret_files_are_taken_from_the_config_folder(elsewhere, pki):
     for name in ("ca.pem", "gw.pem", "gw.key"):
         (elsewhere / "tls" / name).write_bytes((pki / name).read_bytes())
         (elsewhere / "tls" / name).chmod(0o600)
-    (elsewhere / "card.key").write_text("k")
+    (elsewhere / "card.key").write_text("k" * 32)
     (elsewhere / "card.key").chmod(0o600)
     text = (
         HEAD.replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from agent.command_gate import CommandGate, TokenBucket
-from agent.config import CommandsSection
+from agent.config_sections import CommandsSection
 from agent.contract import Origin
 from tests.harness.agent import fence_device
 from tests.harness.waiting import wait_for

@@ -19,6 +19,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from agent import schema
+from agent.cards import CardKey, CardNumber, CardPipeline, CardRead
 from agent.commands import CommandRouter
 from agent.config import SiteConfig, load_config
 from agent.contract import Kind, NewEvent, Origin, encode, rfc3339, uuid7
@@ -248,14 +249,38 @@ def test_alarm_edges_and_state_from_points_validate() -> None:
     assert payloads[4]["online"] is False
 
 
-def test_access_event_of_the_contract_validates() -> None:
+@pytest.mark.parametrize("mode", ["hash", "raw"])
+def test_access_events_of_the_card_pipeline_validate(mode: str) -> None:
+    pipeline = CardPipeline(
+        mode=mode,  # type: ignore[arg-type]
+        key=CardKey("pt-023-2026a", b"s" * 32),
+        match="exact",
+        window=0,
+        category_of=lambda d: ("card", "rdm6300"),
+    )
+    read = CardRead(
+        "main-gate-reader", T0, CardNumber(0x0A0012D687, 40), "em4100", door="gate", direction="in"
+    )
+    (event,), _ = pipeline.offer(read)
+    assert_valid("event-access.json", encoded(event))
+
+
+def test_an_access_event_with_both_hash_and_raw_is_invalid() -> None:
     body = {
-        "card": {"hash": "5f0c2e9a41d7b3c8", "format": "wiegand26", "raw": "0012345678"},
+        "card": {
+            "hash": "5f0c2e9a41d7b3c8e6a1f4d2b9c07e35",
+            "key_id": "k1",
+            "format": "wiegand26",
+            "bits": 24,
+            "raw": "1234",
+        },
         "result": "read",
         "reader": "entrance",
+        "reads": 1,
     }
     event = NewEvent(Kind.ACCESS, "main-gate-reader", "card", "rdm6300", T0, body)
-    assert_valid("event-access.json", encoded(event))
+    with pytest.raises(AssertionError):
+        assert_valid("event-access.json", encoded(event))
 
 
 AGENT_TOML = """\

@@ -61,9 +61,17 @@ EXAMPLES: dict[str, list[Json]] = {
             "category": "card",
             "profile": "rdm6300",
             "kind": "access",
-            "card": {"hash": "5f0c2e9a41d7b3c8e6a1f4d2b9c07e35", "format": "em4100"},
+            "card": {
+                "hash": "5f0c2e9a41d7b3c8e6a1f4d2b9c07e35",
+                "key_id": "pt-023-2026a",
+                "format": "em4100",
+                "bits": 40,
+            },
             "result": "read",
-            "reader": "entrance",
+            "reader": "main",
+            "reads": 2,
+            "door": "main-gate",
+            "direction": "in",
         }
     ],
     "event-state.json": [

@@ -181,31 +181,58 @@ def _alarm_body() -> tuple[Json, list[str]]:
 
 
 def _access_body() -> tuple[Json, list[str]]:
-    card: Json = {
+    common: Json = {
+        "format": {
+            "type": "string",
+            "pattern": r"^[a-z0-9][a-z0-9_-]*$",
+            "description": "Card/reader format, e.g. em4100, wiegand26, wiegand34, osdp-wiegand.",
+        },
+        "bits": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 512,
+            "description": "The card number's length in bits as the reader reported it.",
+        },
+    }
+    hashed: Json = {
         "type": "object",
         "properties": {
             "hash": {
                 "type": "string",
-                "minLength": 1,
-                "description": "Keyed hash (HMAC with the school's secret) of the card number.",
+                "pattern": "^[0-9a-f]{32}$",
+                "description": "128 bits of HMAC-SHA256 of the canonical card number with the "
+                "school's key (docs/privacy.md), hex.",
             },
-            "format": {
+            "key_id": {
                 "type": "string",
-                "pattern": r"^[a-z0-9][a-z0-9_-]*$",
-                "description": "Card/reader format, e.g. em4100, wiegand26, wiegand34, osdp.",
+                "pattern": r"^[A-Za-z0-9._-]{1,32}$",
+                "description": "Which school key made the hash (rotation).",
             },
+            **common,
+        },
+        "required": ["hash", "key_id", "format", "bits"],
+        "additionalProperties": False,
+    }
+    raw: Json = {
+        "type": "object",
+        "properties": {
             "raw": {
                 "type": "string",
-                "minLength": 1,
-                "description": "The card number itself: only where the site config sets "
-                'privacy.card_id = "raw".',
+                "pattern": "^[0-9]+$",
+                "description": "The card number itself, in decimal: only where the site "
+                'config sets [privacy] card_id = "raw".',
             },
+            **common,
         },
-        "required": ["hash", "format"],
+        "required": ["raw", "format", "bits"],
         "additionalProperties": False,
     }
     return {
-        "card": card,
+        "card": {
+            "oneOf": [hashed, raw],
+            "description": "The card: hashed (the default) or, where the site says so, raw; "
+            "never both.",
+        },
         "result": {
             "enum": list(ACCESS_RESULTS),
             "description": "read: the reader only reported the card; granted/denied: the "
@@ -214,9 +241,24 @@ def _access_body() -> tuple[Json, list[str]]:
         "reader": {
             "type": "string",
             "minLength": 1,
-            "description": "Which reader (head, door, direction) of the device read it.",
+            "description": "Which reader head of the device read it.",
         },
-    }, ["card", "result", "reader"]
+        "reads": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Reads of this card at this reader within [privacy] dedup_window "
+            "(a card held on a reader is one swipe).",
+        },
+        "door": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The door or gate, from the device's config.",
+        },
+        "direction": {
+            "enum": ["in", "out"],
+            "description": "In or out, from the reader's config or the card data.",
+        },
+    }, ["card", "result", "reader", "reads"]
 
 
 def _state_body() -> tuple[Json, list[str]]:
