@@ -39,4 +39,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # constraints.txt: the versions the suite was last run with (pip freeze); pyproject.toml
 # only bounds them.
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,osdp]'
