@@ -12,9 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from tests.conftest import BASE_CONFIG
+from tests.harness.agent import AgentProcess
+from tests.harness.broker import Broker
 from tests.harness.osdp_pd import OsdpReader
 from tests.harness.pty import PtyPair
+from tests.harness.subscriber import Subscriber
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -205,3 +211,43 @@ def test_a_reader_with_another_key_stays_offline_with_the_reason_and_is_never_re
     assert not [c for c in pd.commands() if c["command"] == 5]
     assert all(not e["online"] for e in states(sub, "gate-reader"))
     assert SCBK.hex() not in agent.log_text() and OTHER_SCBK.hex() not in agent.log_text()
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(noise=st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=8))
+def test_garbage_on_the_line_is_never_a_card_and_does_not_stop_the_panel(noise, tmp_path_factory):
+    """Bytes from a broken or hostile device on the line, frames starting with OSDP's SOM
+    (0x53) among them, go into libosdp's frame decoder in the agent's process."""
+    with Broker(tmp_path_factory.mktemp("broker")) as broker:
+        folder = tmp_path_factory.mktemp("garbage")
+        pty = PtyPair(folder / "pty")
+        pty.start()
+        agent = AgentProcess(folder / "agent")
+        sub = Subscriber(broker.host, broker.port, "campus/#")
+        try:
+            agent.write_config(
+                BASE_CONFIG.format(
+                    url=broker.url, reconnect="", mqtt_extra="", max_size="64MiB", allow=ALLOW
+                )
+                + bus(pty.a)
+                + reader("gate-reader", 101, secret(folder / "r.key", SCBK))
+                + privacy(secret(folder / "card.key", os.urandom(32).hex().encode()))
+            )
+            agent.start()
+            fd = os.open(pty.b, os.O_RDWR | os.O_NOCTTY)
+            try:
+                for chunk in noise:
+                    os.write(fd, b"\x53" + chunk)
+                    os.write(fd, chunk)
+                wait_for(lambda: states(sub, "gate-reader"), 30, "the reader reported offline")
+            finally:
+                os.close(fd)
+            assert agent.alive()
+            assert not sub.events("access")
+            assert states(sub, "gate-reader")[-1]["online"] is False
+            assert agent.terminate() == 0
+        finally:
+            sub.close()
+            if agent.alive():
+                agent.kill()
+            pty.stop()
