@@ -186,13 +186,13 @@ class CardPipeline:
         key: CardKey | None,
         match: str,
         window: float,
-        category_of: Callable[[str], tuple[str, str] | None],
+        category_of: Callable[[str], tuple[str, str, dict[str, Any] | None] | None],
     ) -> None:
         self.mode = mode
         self.key = key
         self.match = match
         self.window = window
-        self._category_of = category_of  # device -> (category, profile id)
+        self._category_of = category_of  # device -> (category, profile id, location)
         self._pending: dict[tuple[str, str, bytes], _Pending] = {}
         self.reads = 0
         self.duplicates = 0
@@ -274,6 +274,7 @@ class CardPipeline:
                     profile=cat[1],
                     ts=r.ts,
                     body=body,
+                    location=cat[2],
                 )
             )
         self.events += len(out)

@@ -193,9 +193,11 @@ class Agent:
 
     # ---- cards ---------------------------------------------------------------------
 
-    def _category_of(self, device: str) -> tuple[str, str] | None:
+    def _category_of(self, device: str) -> tuple[str, str, dict[str, Any] | None] | None:
+        """What an access event says of its device: category, profile, location (the
+        board's class or the gate, from the config)."""
         d = self.config.device(device)
-        return (d.profile.category, d.profile.id) if d else None
+        return (d.profile.category, d.profile.id, dict(d.location) or None) if d else None
 
     async def card(self, read: CardRead) -> None:
         """A card read from a driver: through the privacy pipeline into the store."""

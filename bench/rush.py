@@ -138,14 +138,47 @@ def schedule(p: Params, rng: random.Random) -> list[float]:
 
 
 def run_once(work: Path, p: Params, rng: random.Random) -> RushRun:
+    """One rush; every peer it started is stopped (by PID) whatever happens."""
     (work / "card.key").write_bytes(KEY.secret)
     os.chmod(work / "card.key", 0o600)
     spec = FrameSpec.model_validate(
         load_profile_file(shipped_profiles()["rdm6300"]).point("card").wire  # type: ignore[union-attr]
     )
     broker = Broker(work / "broker", persistent=True, notice_log=False)
-    broker.start()
     lines = [PtyPair(work / f"serial{i}") for i in range(p.serial)]
+    pds: list[Any] = []
+    osdp_lines: list[PtyPair] = []
+    writers: list[int] = []
+    agent = AgentProcess(work / "agent.toml")
+    sub: Seen | None = None
+    try:
+        return _rush(work, p, rng, spec, broker, lines, pds, osdp_lines, writers, agent, sub)
+    finally:
+        if agent.alive():
+            agent.kill()
+        for fd in writers:
+            os.close(fd)
+        for pd in pds:
+            pd.stop()
+        for line in lines + osdp_lines:
+            line.stop()
+        broker.stop()
+
+
+def _rush(  # noqa: PLR0917 - the peers run_once made and stops
+    work: Path,
+    p: Params,
+    rng: random.Random,
+    spec: FrameSpec,
+    broker: Broker,
+    lines: list[PtyPair],
+    pds: list[Any],
+    osdp_lines: list[PtyPair],
+    writers: list[int],
+    agent: AgentProcess,
+    sub: Seen | None,
+) -> RushRun:
+    broker.start()
     for line in lines:
         line.start()
     text = HEAD.format(
@@ -161,12 +194,12 @@ def run_once(work: Path, p: Params, rng: random.Random) -> RushRun:
             f'\n[[devices]]\nid = "gate-s{i}"\nprofile = "rdm6300"\nbus = "s{i}"\n'
             'door = "main-gate"\ndirection = "in"\n'
         )
-    pds, osdp_lines = _osdp_readers(work, p, text_add := [])
+    text_add: list[str] = []
+    _osdp_readers(work, p, text_add, pds, osdp_lines)
     text += "".join(text_add)
     (work / "agent.toml").write_text(text)
-    agent = AgentProcess(work / "agent.toml")
     sub = Seen(broker.port)
-    writers = [os.open(line.b, os.O_WRONLY | os.O_NOCTTY) for line in lines]
+    writers += [os.open(line.b, os.O_WRONLY | os.O_NOCTTY) for line in lines]
     readers = [f"gate-s{i}" for i in range(p.serial)] + [f"gate-o{i}" for i in range(len(pds))]
     sent: dict[str, list[tuple[float, str]]] = {r: [] for r in readers}
     try:
@@ -223,13 +256,6 @@ def run_once(work: Path, p: Params, rng: random.Random) -> RushRun:
     finally:
         done_stop = agent.stop(30) if agent.alive() else None
         sub.close()
-        for fd in writers:
-            os.close(fd)
-        for pd in pds:
-            pd.stop()
-        for line in lines + osdp_lines:
-            line.stop()
-        broker.stop()
     with sub.lock:
         got = list(sub.got)
     return _score(
@@ -243,29 +269,30 @@ def run_once(work: Path, p: Params, rng: random.Random) -> RushRun:
     )
 
 
-def _osdp_readers(work: Path, p: Params, text: list[str]) -> tuple[list[Any], list[PtyPair]]:
+def _osdp_readers(
+    work: Path, p: Params, text: list[str], pds: list[Any], lines: list[PtyPair]
+) -> None:
+    """Start the OSDP readers (PDs on ptys), adding them to `pds`/`lines` as they start."""
     if p.osdp <= 0:
-        return [], []
+        return
     from tests.harness.osdp_pd import OsdpReader
 
-    pds, lines = [], []
     for i in range(p.osdp):
         line = PtyPair(work / f"osdp{i}")
+        lines.append(line)
         line.start()
         scbk = os.urandom(16)
         kf = work / f"osdp{i}.key"
         kf.write_text(scbk.hex())
         os.chmod(kf, 0o600)
         pd = OsdpReader(work / f"pd{i}", line.b, 1, scbk)
+        pds.append(pd)
         pd.start()
         text.append(
             f'\n[[buses]]\nid = "o{i}"\ndriver = "osdp"\nport = "{line.a}"\n'
             f'\n[[devices]]\nid = "gate-o{i}"\nprofile = "generic-osdp-reader"\nbus = "o{i}"\n'
             f'address = 1\nscbk_file = "{kf}"\ndoor = "main-gate"\ndirection = "in"\n'
         )
-        pds.append(pd)
-        lines.append(line)
-    return pds, lines
 
 
 def _score(
@@ -364,7 +391,8 @@ def measure(p: Params) -> cli.Measured:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = cli.Parser("rush", DESCRIPTION, runs="a whole rush")
+    ap = cli.Parser("rush", DESCRIPTION)
+    ap.add_argument("--runs", type=int, default=1, help="rushes (10 min each); 1")
     ap.add_argument("--minutes", type=float, default=10.0, help="length of the rush; 10")
     ap.add_argument("--reads", type=int, default=1500, help="card reads; 1500")
     ap.add_argument("--serial", type=int, default=32, help="serial (RDM6300) readers; 32")

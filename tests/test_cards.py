@@ -26,7 +26,7 @@ def pipeline(window: float = 2.0, mode: str = "hash", match: str = "exact") -> C
         key=KEY,
         match=match,
         window=window,
-        category_of=lambda d: ("card", "rdm6300"),
+        category_of=lambda d: ("card", "rdm6300", {"building": "grounds"}),
     )
 
 
@@ -69,6 +69,7 @@ def test_hash_mode_sends_the_keyed_hash_key_id_format_and_bits_never_the_number(
     assert len(card["hash"]) == 32
     assert str(NUMBER) not in repr(ev)
     assert ev.body["direction"] == "in" and ev.body["reads"] == 1
+    assert ev.location == {"building": "grounds"}  # the gate, the board's class: the config's
 
 
 def test_raw_mode_is_the_number_and_never_a_hash():

@@ -15,15 +15,13 @@ from agent.commands import CommandRouter
 from agent.config import load_config
 from agent.config_sections import SigningKey
 from agent.signing import new_private_key_pem, public_key_text
+from tests.harness.agent import demo_config
 
 TOPIC = "campus/v1/pt-023/gw-main/cmd/"
 
 
 def router(tmp: Path):
-    text = (Path(__file__).parent.parent / "examples" / "demo.toml").read_text()
-    cfg = tmp / "agent.toml"
-    cfg.write_text(text.replace("PORT", "1883"))
-    config = load_config(cfg)
+    config = load_config(demo_config(tmp))
     # Signatures checked when present: hostile "sig" objects reach the verifier.
     key = SigningKey(id="district-1", public_key=public_key_text(new_private_key_pem()[1]))
     commands = config.commands.model_copy(update={"keys": [key], "signatures": "optional"})

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from agent.config import load_config, parse_broker_url
 from agent.errors import ConfigError
 from agent.units import parse_duration, parse_size
+from tests.harness.agent import demo_config
 
 CASES = Path(__file__).parent / "cases" / "config"
 
@@ -46,16 +47,15 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 
 def test_good_example_configs_pass(tmp_path):
-    text = (Path(__file__).parent.parent / "examples" / "demo.toml").read_text()
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(text.replace("PORT", "1883"))
-    config = load_config(cfg)
+    config = load_config(demo_config(tmp_path))
     assert config.store.path == tmp_path / "outbox.db"  # relative to the config file
     assert {d.profile.id for d in config.devices} == {
         "xy-md02",
         "eastron-sdm120",
         "generic-pulse-fence",
+        "rdm6300",
     }
+    assert config.card_key is not None
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from agent.config import load_config
 from agent.contract import rfc3339
 from agent.errors import ConfigError
-from tests.harness.agent import fence_device
+from tests.harness.agent import demo_config, demo_text, fence_device
 from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -163,19 +163,19 @@ def test_optional_signatures_still_require_one_where_the_profile_says_so_and_key
 
 
 def test_signature_config_errors_are_clear(tmp_path):
-    base = (Path(__file__).parent.parent / "examples" / "demo.toml").read_text()
-    base = base.replace("PORT", "1883")
+    base = demo_text()
     cases = {
         'signatures = "required"\n': "needs at least one [[commands.keys]]",
         '[[commands.keys]]\nid = "k1"\npublic_key = "bm90IGEga2V5"\n': "32 bytes",
         '[[commands.keys]]\nid = "k1"\npublic_key = "%%%"\n': "not base64",
     }
     for addition, message in cases.items():
-        cfg = tmp_path / "agent.toml"
         if addition.startswith("[["):  # an array of tables: after everything else
-            cfg.write_text(base + "\n" + addition)
+            cfg = demo_config(tmp_path, text=base + "\n" + addition)
         else:
-            cfg.write_text(base.replace("[commands]\n", "[commands]\n" + addition, 1))
+            cfg = demo_config(
+                tmp_path, text=base.replace("[commands]\n", "[commands]\n" + addition, 1)
+            )
         with pytest.raises(ConfigError) as e:
             load_config(cfg)
         assert message in str(e.value), (addition, str(e.value))

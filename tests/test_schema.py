@@ -256,7 +256,7 @@ def test_access_events_of_the_card_pipeline_validate(mode: str) -> None:
         key=CardKey("pt-023-2026a", b"s" * 32),
         match="exact",
         window=0,
-        category_of=lambda d: ("card", "rdm6300"),
+        category_of=lambda d: ("card", "rdm6300", {"building": "grounds"}),
     )
     read = CardRead(
         "main-gate-reader", T0, CardNumber(0x0A0012D687, 40), "em4100", door="gate", direction="in"

@@ -140,3 +140,20 @@ class AgentProcess(ChildProcess):
             with contextlib.suppress(OSError):
                 out += [ln for ln in p.read_text(errors="replace").splitlines() if level in ln]
         return out
+
+
+def demo_config(folder: Path, port: int = 1883, text: str | None = None) -> Path:
+    """examples/demo.toml in `folder` as agent.toml (broker port `port`), with the card key
+    it names (0600); `text` replaces the file's text (a variant of it)."""
+    src = Path(__file__).resolve().parent.parent.parent / "examples" / "demo.toml"
+    key = folder / "card.key"
+    key.write_text("demo-card-key-" + "x" * 32)
+    key.chmod(0o600)
+    cfg = folder / "agent.toml"
+    cfg.write_text((text if text is not None else src.read_text()).replace("PORT", str(port)))
+    return cfg
+
+
+def demo_text() -> str:
+    """The text of examples/demo.toml."""
+    return (Path(__file__).resolve().parent.parent.parent / "examples" / "demo.toml").read_text()
