@@ -6,7 +6,7 @@ agent's card-serial driver; this process writes the real frames on the other end
 Channel on, the agent's osdp driver), and a QoS 1 subscriber with a persistent session.
 `--reads` reads (one new student card each) over `--minutes`: a steady trickle plus bell
 bursts at `--burst` reads/s across all readers; the broker is stopped `--down` seconds at
-mid-rush and started again. Measured:
+mid-rush and started again, while the reads go on. Measured:
 
 * every read delivered, once, in order per reader: each access event's hash is matched to
   the card it was made from (the bench holds the school key), per reader in seq order;
@@ -223,16 +223,18 @@ def _rush(  # noqa: PLR0917 - the peers run_once made and stops
             target=lambda: rss.extend(stat.rss_while(lambda: not done.is_set(), lambda: None))
         )
         sampler.start()
-        down_from = down_to = 0.0
-        restarted = False
+        outage: list[float] = []
+
+        def restart_broker() -> None:  # in its own thread: the reads go on meanwhile
+            outage.append(time.time())
+            broker.stop()
+            time.sleep(p.down)  # the outage itself
+            broker.start()
+            outage.append(time.time())
+
+        restarter = threading.Timer(restart_at, restart_broker)
+        restarter.start()
         for n, at in enumerate(times):
-            if not restarted and at >= restart_at:
-                restarted = True
-                down_from = time.time()
-                broker.stop()
-                time.sleep(p.down)  # the outage itself
-                broker.start()
-                down_to = time.time()
             delay = t0 + at - time.time()
             if delay > 0:
                 time.sleep(delay)  # the schedule: a read at its time
@@ -246,6 +248,8 @@ def _rush(  # noqa: PLR0917 - the peers run_once made and stops
                 pd = pds[int(reader[6:])]
                 pd.card(value.to_bytes(5, "big"), 40, fmt=0)
             sent[reader].append((when, h))
+        restarter.join()
+        down_from, down_to = outage
         expected = sum(len(v) for v in sent.values())
         wait_for(
             lambda: len({g[3] for g in sub.got}) >= expected, 120, "every read at the subscriber"
