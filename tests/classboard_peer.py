@@ -134,3 +134,18 @@ class Board:
         return self.request(
             "GET", "/notices" + q, headers={"If-None-Match": etag} if etag else None
         )
+
+
+def fast_profile(folder: Path) -> None:
+    """profiles/fast-board.toml: classboard-v1 with a 5 s heartbeat, offline after 7.5 s."""
+    from agent.profiles import PROFILES_DIR
+
+    profiles = folder / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
+    text = (PROFILES_DIR / "classboard" / "classboard-v1.toml").read_text()
+    text = text.replace('id = "classboard-v1"', 'id = "fast-board"')
+    text = text.replace(
+        'heartbeat_interval = "30s", offline_after = 2.5',
+        'heartbeat_interval = "5s", offline_after = 1.5',
+    )
+    (profiles / "fast-board.toml").write_text(text)
