@@ -123,7 +123,7 @@ class CardKey:
         """Read the key file: ConfigError if missing, readable by others, or too short."""
         try:
             st = os.stat(path)
-            secret = path.read_bytes().strip()
+            secret = key_bytes(path.read_bytes())
         except OSError as e:
             raise ConfigError.one("privacy.card_key_file", f"{path}: {e.strerror}") from None
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -139,6 +139,17 @@ class CardKey:
                 "(e.g. `head -c 32 /dev/urandom | base64 > card.key`)",
             )
         return cls(key_id or fingerprint(secret), secret)
+
+
+def key_bytes(content: bytes) -> bytes:
+    """The key a key file holds: a text key (base64, hex: printable ASCII) without the
+    whitespace around it; anything else (raw random bytes) exactly as written, since a raw
+    key may begin or end with a byte that looks like whitespace. The district reads its
+    copy the same way (docs/privacy.md)."""
+    text = content.strip()
+    if text and all(0x21 <= b <= 0x7E for b in text):
+        return text
+    return content
 
 
 def fingerprint(secret: bytes) -> str:

@@ -230,6 +230,18 @@ def describe(topic: str, payload: bytes, prefix: str = TOPIC_ROOT) -> str:
         )
     if kind == "state":
         return f"{head} " + " ".join(f"{k}={v}" for k, v in body_of(doc).items())
+    if kind == "access":
+        card = doc.get("card") or {}
+        shown = (
+            f"card={card['hash'][:12]}… key={card.get('key_id')}"
+            if "hash" in card
+            else f"card=RAW:{card.get('raw')}"
+        )
+        where = " ".join(f"{k}={doc[k]}" for k in ("door", "direction") if k in doc)
+        return (
+            f"{head} {doc.get('result')} {shown} {card.get('format')}/{card.get('bits')} "
+            f"reader={doc.get('reader')} reads={doc.get('reads')} {where}".rstrip()
+        )
     if kind == "audit":
         c = doc.get("command", {})
         return f"{head} command {c.get('action')} -> {c.get('result')} ({c.get('reason')})"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The demo: three Modbus devices (simulated), a private local broker, and the events as the
-# district sees them.
+# The demo: three Modbus devices and a gate card reader (simulated), a private local broker,
+# and the events as the district sees them.
 #
 #   ./examples/demo.sh                   runs until Ctrl-C
 #   DEMO_SECONDS=15 ./examples/demo.sh   stops by itself 15 s after the agent started (CI
 #                                        smoke test): exit 0 if telemetry of the classroom
 #                                        sensor and of the meter (with units and the values
 #                                        the simulator serves), fence zone 3 raised and
-#                                        cleared, and an "ok" command reply were all seen,
-#                                        1 if not
+#                                        cleared, an "ok" command reply and a hashed card
+#                                        read at the gate were all seen, 1 if not
 #
 # On a fresh Debian/Ubuntu machine it first installs what is missing (apt-get, through sudo
 # when not root), creates .venv in the repo and installs the agent into it. Then it starts, on
@@ -19,6 +19,8 @@
 #     3, a pulse fence host, each answering with its profile's test vector
 #     (tests/vectors/*.toml) and moving to the vector's next case every 5, 7 and 4 s, so the
 #     readings change and fence zone 3 is raised and cleared (log and stats in demo-run/),
+#   - a pty pair (socat) and a simulated RDM6300 gate reader writing a card every few seconds
+#     (python -m drivers.card_serial.simulator), and a random card key (demo-run/card.key),
 #   - `campus-agent run` with examples/demo.toml (log in demo-run/agent.log),
 #   - `campus-agent tail`, the district's view, shown in this terminal,
 # prints `campus-agent status`, sends one fence.arm command a few seconds in, and on Ctrl-C
@@ -100,7 +102,7 @@ done
 rm -rf -- "$RUN"
 mkdir -p -- "$RUN"
 
-MOSQ_PID="" SIM_PID="" AGENT_PID="" TAIL_PID="" VIEW_PID=""
+MOSQ_PID="" SIM_PID="" AGENT_PID="" TAIL_PID="" VIEW_PID="" PTY_PID="" GATE_PID=""
 
 stop_pid() { # pid seconds: SIGTERM, wait up to `seconds`, then SIGKILL; always reap
   local pid=$1 i
@@ -119,6 +121,8 @@ cleanup() {
   # "offline" status, which tail still shows. Then the simulated devices; the broker last.
   stop_pid "$AGENT_PID" 15
   stop_pid "$SIM_PID" 5
+  stop_pid "$GATE_PID" 2
+  stop_pid "$PTY_PID" 2
   [[ -z $VIEW_PID ]] || sleep 0.5
   stop_pid "$TAIL_PID" 2
   stop_pid "$VIEW_PID" 2
@@ -170,6 +174,25 @@ for ((i = 0; ; i++)); do
   sleep 0.1
 done
 say "Modbus simulator on 127.0.0.1:$SIM_PORT (pid $SIM_PID): unit 1 classroom sensor, unit 2 energy meter, unit 3 fence"
+
+# The gate reader: a pty pair, the agent on one end (demo-run/gate-reader), a simulated
+# RDM6300 on the other writing one of three demo cards every 4 s. The cards are test
+# numbers; they are never shown: tail shows the keyed hash the district receives.
+socat pty,raw,echo=0,link="$RUN/gate-reader" pty,raw,echo=0,link="$RUN/gate-sim" \
+  >"$RUN/socat.log" 2>&1 &
+PTY_PID=$!
+for ((i = 0; ; i++)); do
+  [[ -e $RUN/gate-reader && -e $RUN/gate-sim ]] && break
+  kill -0 "$PTY_PID" 2>/dev/null || die "socat did not start: $(tail -n 5 "$RUN/socat.log")"
+  ((i < 100)) || die "socat made no pty pair in 10 s (see $RUN/socat.log)"
+  sleep 0.1
+done
+(umask 077 && head -c 32 /dev/urandom | base64 >"$RUN/card.key")
+"$BIN/python" -m drivers.card_serial.simulator --port "$RUN/gate-sim" --profile rdm6300 \
+  --card 0x0A0012D687 --card 0x0A00BC614E --card 0x1A002F0A31 --count 10000 --rate 0.25 \
+  >"$RUN/gate-sim.log" 2>&1 &
+GATE_PID=$!
+say "gate card reader on a pty (simulated RDM6300, pid $GATE_PID): a card every 4 s"
 
 CONFIG=$RUN/agent.toml
 sed -e "s|mqtt://127.0.0.1:PORT|mqtt://127.0.0.1:$PORT|" \
@@ -247,6 +270,7 @@ while :; do
   kill -0 "$AGENT_PID" 2>/dev/null || die "the agent stopped; its log: $(tail -n 20 "$RUN/agent.log")"
   kill -0 "$TAIL_PID" 2>/dev/null || die "campus-agent tail stopped: $(tail -n 5 "$RUN/tail.log")"
   kill -0 "$SIM_PID" 2>/dev/null || die "the Modbus simulator stopped: $(tail -n 5 "$RUN/simulator.log")"
+  kill -0 "$GATE_PID" 2>/dev/null || die "the gate reader simulator stopped: $(tail -n 5 "$RUN/gate-sim.log")"
   if ((!sent && elapsed >= 5)); then
     send_command
     sent=1
@@ -265,14 +289,16 @@ energy=$(count '^telemetry +energy/')
 raised=$(count '^alarm .* zone_3 ACTIVE')
 cleared=$(count '^alarm .* zone_3 CLEARED')
 reply=$(count '^reply .* ok:')
+card=$(count '^access .*card=[0-9a-f]{8}')
 echo
-say "stopped after ${DEMO_SECONDS} s; seen: $env env and $energy energy telemetry, zone 3 raised $raised and cleared $cleared times, $reply ok command reply"
+say "stopped after ${DEMO_SECONDS} s; seen: $env env and $energy energy telemetry, zone 3 raised $raised and cleared $cleared times, $reply ok command reply, $card hashed card reads"
 missing=()
 ((env > 0)) || missing+=("env telemetry")
 ((energy > 0)) || missing+=("energy telemetry")
 ((raised > 0)) || missing+=("zone_3 ACTIVE")
 ((cleared > 0)) || missing+=("zone_3 CLEARED")
 ((reply > 0)) || missing+=("an ok command reply")
+((card > 0)) || missing+=("a hashed card read at the gate")
 if ((${#missing[@]})); then
   die "expected but not seen: ${missing[*]} (see demo-run/tail.log and demo-run/agent.log)"
 fi

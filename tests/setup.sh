@@ -43,4 +43,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # constraints.txt: the versions the suite was last run with (pip freeze); pyproject.toml
 # only bounds them.
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,hid]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,hid,osdp]'

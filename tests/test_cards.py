@@ -150,3 +150,15 @@ def test_card_numbers_round_trip_or_are_refused_without_showing_the_value(value,
         return
     assert n.reveal() == value
     assert str(value) not in repr(n) or value < 1000  # "<card number: 26 bits>" has digits
+
+
+def test_a_raw_binary_key_is_used_exactly_and_a_text_key_without_its_newline(tmp_path):
+    """A raw key ending in 0x0a or beginning with a space lost bytes to strip() (found by the
+    OSDP tests: 'holds 31 bytes')."""
+    raw = b" " + os.urandom(30) + b"\n"
+    f = tmp_path / "raw.key"
+    f.write_bytes(raw)
+    os.chmod(f, 0o600)
+    assert CardKey.load(f, "k").secret == raw
+    f.write_bytes(b"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n")
+    assert CardKey.load(f, "k").secret == b"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA=="

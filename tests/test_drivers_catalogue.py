@@ -3,6 +3,7 @@ documented, and its README embeds its sample config verbatim; the sample config 
 
 from __future__ import annotations
 
+import os
 import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -39,6 +40,7 @@ def test_driver_folder_is_registered_and_documented(folder):
 def test_sample_config_is_valid(folder, tmp_path):
     sample = (folder / "sample.toml").read_text()
     tomllib.loads(sample)
+    _make_secrets(tomllib.loads(sample), tmp_path)
     cfg = tmp_path / "agent.toml"
     cfg.write_text(
         '[agent]\nschool = "s"\ngateway = "g"\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n' + sample
@@ -49,3 +51,15 @@ def test_sample_config_is_valid(folder, tmp_path):
         key.chmod(0o600)
     config = load_config(cfg)
     assert config.devices
+
+
+def _make_secrets(sample: dict, folder: Path) -> None:
+    """The key files a card reader's sample names (relative to the config), made 0600."""
+    files = [(sample.get("privacy", {}).get("card_key_file"), 32)]
+    files += [(d.get("scbk_file"), 16) for d in sample.get("devices", [])]
+    for name, size in files:
+        if name and not Path(name).is_absolute():
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(os.urandom(size).hex().encode())  # text: never stripped short
+            path.chmod(0o600)
