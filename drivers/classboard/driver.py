@@ -136,6 +136,7 @@ class ClassboardDriver(Driver):
                     board=Board(d.id, opts.klass, None if building is None else str(building)),
                     dialect=dialect.Dialect(d.profile),
                     device_number=opts.device_number or d.id,
+                    room=None if loc.get("room") is None else str(loc.get("room")),
                 )
             elif self.hub is None:
                 self.hub = d
