@@ -40,11 +40,19 @@ DEADLINE = 2.0  # issue #11: the emergency notice on the page within 2 s of the 
 
 
 def chromium_binary() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found and "snap" not in os.path.realpath(found):
-            return found
-    raise AssertionError("no chromium: tests/setup.sh installs Debian's `chromium` package")
+    """$CHROMIUM, else chromium (Debian's), chromium-browser or google-chrome: not a snap."""
+    for name in (os.environ.get("CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name) if name else None
+        if found is None or os.path.realpath(found).startswith("/snap/"):
+            continue
+        with open(found, "rb") as f:
+            if b"snap" in f.read(1 << 16):  # Ubuntu's chromium-browser: a shim for the snap
+                continue
+        return found
+    raise AssertionError(
+        "no chromium: tests/setup.sh installs Debian's `chromium`; elsewhere set CHROMIUM "
+        "to a Chrome or Chromium binary (Ubuntu's snap does not run in a container)"
+    )
 
 
 class Chromium:
