@@ -7,7 +7,8 @@ others still run.
 
 The last one, `peer` (the ThingsBoard IoT Gateway on the same Modbus load), takes ~20-25
 minutes and creates its own venv at bench/results/peer-venv on first use (pip, PyPI); skip
-it by naming the others: `python -m bench throughput modbus drain latency bridge flood storm`.
+it by naming the others:
+`python -m bench throughput modbus drain latency bridge flood storm classboard`.
 
 When more than one benchmark ran, one combined table follows (bench/summary.py: the headline
 figures against the goals) and is written to results/summary.json (summary-quick.json after
@@ -70,6 +71,11 @@ BENCHMARKS: list[Benchmark] = [
         "one device's alarm storm: the other bus's latency and period, alarms sent, CPU",
     ),
     Benchmark(
+        "classboard",
+        "bench.classboard",
+        "60 class boards: a morning swipe burst (CPU, RSS), an emergency notice -> every receipt",
+    ),
+    Benchmark(
         "peer",
         "bench.peer",
         "vs ThingsBoard IoT Gateway 3.8.x, 100/200 Modbus devices: CPU, outage (~20-25 min)",
@@ -85,7 +91,8 @@ def usage() -> str:
         "`python -m bench NAME --help` lists a benchmark's options.",
         "`python -m bench --summary [--quick]` prints the combined table of the latest results.",
         "`peer` pip-installs thingsboard-gateway 3.8.x into bench/results/peer-venv on first use;",
-        "without it: `python -m bench throughput modbus drain latency bridge flood storm`.",
+        "without it: `python -m bench throughput modbus drain latency bridge flood storm "
+        "classboard`.",
     ]
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ from agent.config import load_config
 from drivers.classboard.api import ROUTES, Api, ErrorReply
 from drivers.classboard.dialect import Dialect
 from drivers.classboard.driver import ClassboardDriver
+from drivers.classboard.page import PAGE_ROUTES
 from tests.classboard_peer import PRIVACY, hub_config, write_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,11 @@ def test_the_spec_has_exactly_the_apps_routes_and_methods(tmp_path):
     }
     documented = {(m.upper(), p) for p, ops in SPEC["paths"].items() for m in ops}
     assert served == documented
-    assert {(r.method, r.path) for r in ROUTES} == documented
+    pages = {("GET", f.path) for f in PAGE_ROUTES}
+    assert {(r.method, r.path) for r in ROUTES} | pages == documented
+    for f in PAGE_ROUTES:  # the board page: no token to load it, its content type
+        op = SPEC["paths"][f.path]["get"]
+        assert op["security"] == [] and set(op["responses"]["200"]["content"]) == {f.content_type}
     assert SPEC["openapi"].startswith("3.1")
 
 

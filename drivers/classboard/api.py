@@ -25,6 +25,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.validation import first_error
+from drivers.classboard import page
 from drivers.classboard.dialect import BadRequest, Dialect
 from drivers.classboard.notices import Board, etag, iso
 
@@ -86,6 +87,17 @@ class NoticesReply(_Model):
     time: str
 
 
+class BoardReply(_Model):
+    """GET /board: who the token's board is (the board page shows its class)."""
+
+    id: str
+    class_name: str | None
+    building: str | None
+    room: str | None
+    heartbeat_interval: float  # seconds, the board's profile's
+    poll_timeout: float  # the longest a notices long-poll waits
+
+
 class ReceiptReply(_Model):
     ok: bool
     new: bool
@@ -105,6 +117,7 @@ class Route:
 
 
 ROUTES = (
+    Route("GET", f"{PREFIX}/board", None, BoardReply),
     Route("POST", f"{PREFIX}/heartbeat", "profile", HeartbeatReply),
     Route("POST", f"{PREFIX}/swipes", "profile", SwipesReply),
     Route("GET", f"{PREFIX}/notices", None, NoticesReply),
@@ -143,6 +156,7 @@ class BoardState:
     board: Board
     dialect: Dialect
     device_number: str
+    room: str | None = None
     token: bytes | None = None
     token_problem: str = ""
     bucket: Bucket | None = None
@@ -186,6 +200,7 @@ class Api:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.opts.max_body, middlewares=[self._errors])
         handlers: dict[str, Handler] = {
+            f"{PREFIX}/board": self.whoami,
             f"{PREFIX}/heartbeat": self.heartbeat,
             f"{PREFIX}/swipes": self.swipes,
             f"{PREFIX}/notices": self.notices,
@@ -193,6 +208,7 @@ class Api:
         }
         for r in ROUTES:
             app.router.add_route(r.method, r.path, handlers[r.path])
+        page.add_routes(app)
         return app
 
     @web.middleware
@@ -250,6 +266,21 @@ class Api:
             raise ApiError(400, "malformed", "the body is not JSON") from None
 
     # ---- handlers --------------------------------------------------------------------
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        b = self._auth(request)
+        await self.d.seen(b, {})
+        return _json(
+            200,
+            BoardReply(
+                id=b.id,
+                class_name=b.board.klass,
+                building=b.board.building,
+                room=b.room,
+                heartbeat_interval=b.dialect.api.heartbeat_interval,
+                poll_timeout=self.opts.poll_timeout,
+            ),
+        )
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         b = self._auth(request)

@@ -136,6 +136,7 @@ class ClassboardDriver(Driver):
                     board=Board(d.id, opts.klass, None if building is None else str(building)),
                     dialect=dialect.Dialect(d.profile),
                     device_number=opts.device_number or d.id,
+                    room=None if loc.get("room") is None else str(loc.get("room")),
                 )
             elif self.hub is None:
                 self.hub = d
@@ -256,7 +257,11 @@ class ClassboardDriver(Driver):
             raise DriverError(f"notices_db {self.options.notices_db}: {e}") from None
         self._book = book
         host, port = split_listen(self.options.listen)
-        runner = web.AppRunner(Api(self).app(), access_log=None, handle_signals=False)
+        # shutdown_timeout: at stop, requests still running (a board's long-poll waits up to
+        # poll_timeout) are cut after a second, not waited for (aiohttp's default: 60 s).
+        runner = web.AppRunner(
+            Api(self).app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -2,13 +2,14 @@
 
     python -m drivers.classboard.simulator --url http://127.0.0.1:8480 --boards 3 \
         --token-dir tokens [--names c3-2-board,c3-3-board] [--interval 30] \
-        [--swipes 5] [--die 1 --die-after 60] [--duration 120] [--stats stats.json]
+        [--swipes 5 [--spread 60]] [--die 1 --die-after 60] [--duration 120] [--stats stats.json]
 
 Board i is named by --names (default board-1 … board-N) and authenticates with the token in
 TOKEN_DIR/<name>.token. Each board sends heartbeats every --interval seconds, posts --swipes
-swipes of made-up cards (in one batch with an id), long-polls its notices with the ETag and
+swipes of made-up cards (in one batch with an id; with --spread S one by one at random
+moments over S seconds, a morning burst), long-polls its notices with the ETag and
 answers every new notice with a `displayed` receipt. The first --die boards stop (no more
-requests) after --die-after seconds. On exit (or at --duration) it writes --stats as JSON:
+requests) after --die-after seconds. At --duration (or SIGTERM) it writes --stats as JSON:
 per board the request counts, and per notice id the time each board got it and receipted it.
 The card numbers it makes up are random and never printed.
 """
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -55,13 +56,22 @@ class SimBoard:
             await self._post(http, "/heartbeat", doc, "heartbeat")
             await asyncio.sleep(self.interval)
 
-    async def swipe(self, http: aiohttp.ClientSession, n: int) -> None:
+    async def swipe(self, http: aiohttp.ClientSession, n: int, spread: float = 0.0) -> None:
+        """n swipes: one batch now, or (spread > 0) one at a time at random moments over
+        `spread` seconds, as students tap their cards in the morning."""
         if n <= 0:
             return
-        now = datetime.now(UTC).isoformat()
-        cards = [{"card": str(random.randrange(1, 2**32)), "time": now} for _ in range(n)]
-        batch = f"{self.name}-{random.randrange(2**48):x}"
-        await self._post(http, "/swipes", {"batch": batch, "swipes": cards}, "swipes")
+        if spread <= 0:
+            now = datetime.now(UTC).isoformat()
+            cards = [{"card": str(random.randrange(1, 2**32)), "time": now} for _ in range(n)]
+            batch = f"{self.name}-{random.randrange(2**48):x}"
+            await self._post(http, "/swipes", {"batch": batch, "swipes": cards}, "swipes")
+            return
+        t0 = time.monotonic()
+        for at in sorted(random.uniform(0, spread) for _ in range(n)):
+            await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))  # the swipe's moment
+            card = {"card": str(random.randrange(1, 2**32)), "time": datetime.now(UTC).isoformat()}
+            await self._post(http, "/swipes", {"swipes": [card]}, "swipes")
 
     async def poll(self, http: aiohttp.ClientSession) -> None:
         etag: str | None = None
@@ -109,7 +119,7 @@ async def main_async(args: argparse.Namespace) -> int:
         for b in boards:
             tasks.append(asyncio.create_task(b.heartbeats(http)))
             tasks.append(asyncio.create_task(b.poll(http)))
-            tasks.append(asyncio.create_task(b.swipe(http, args.swipes)))
+            tasks.append(asyncio.create_task(b.swipe(http, args.swipes, args.spread)))
 
         async def die() -> None:
             await asyncio.sleep(args.die_after)
@@ -122,8 +132,13 @@ async def main_async(args: argparse.Namespace) -> int:
 
         if args.die:
             tasks.append(asyncio.create_task(die()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), args.duration)
+        # SIGTERM ends the run early, as --duration does: the stats are still written.
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        stopped = asyncio.create_task(stop.wait())
+        ends: list[asyncio.Future[Any]] = [asyncio.gather(*tasks, return_exceptions=True), stopped]
+        await asyncio.wait(ends, timeout=args.duration, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
         for t in tasks:
             t.cancel()
     stats: dict[str, Any] = {
@@ -145,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token-dir", required=True)
     p.add_argument("--interval", type=float, default=30.0)
     p.add_argument("--swipes", type=int, default=0)
+    p.add_argument("--spread", type=float, default=0.0, help="swipes one by one over S s")
     p.add_argument("--die", type=int, default=0, help="how many boards stop")
     p.add_argument("--die-after", type=float, default=60.0)
     p.add_argument("--duration", type=float, default=3600.0)
