@@ -29,7 +29,7 @@ import hmac
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -109,6 +109,8 @@ class CardRead:
     door: str | None = None
     direction: Direction | None = None
     result: AccessResult = "read"
+    # Added to the device's configured location in the event (a class board's class).
+    place: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,7 @@ class CardPipeline:
                     profile=cat[1],
                     ts=r.ts,
                     body=body,
-                    location=cat[2],
+                    location={**(cat[2] or {}), **r.place} or None,
                 )
             )
         self.events += len(out)

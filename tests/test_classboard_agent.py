@@ -94,6 +94,10 @@ def test_heartbeat_and_swipes_become_state_and_hashed_access_events(
         assert set(e["card"]) == {"hash", "key_id", "format", "bits"}
         assert e["card"]["format"] == "mifare-uid" and e["card"]["bits"] == 32
         assert e["reader"] == "board" and e["reads"] == 1 and e["category"] == "classboard"
+    board = [e for e in access if e["device"] == "c3-2-board"]
+    assert all(
+        e["location"] == {"building": "A", "floor": 3, "room": "302", "class": "3-2"} for e in board
+    )
     by_dev = {e["device"] for e in access}
     assert by_dev == {"c3-2-board", "vendor-board"}
     vendor = [e for e in access if e["device"] == "vendor-board"]

@@ -209,6 +209,7 @@ class ClassboardDriver(Driver):
                 number=number,
                 format=b.dialect.api.card.format,
                 reader="board",
+                place={"class": b.board.klass} if b.board.klass else {},
             )
         )
 
