@@ -7,8 +7,10 @@
 #                                        smoke test): exit 0 if telemetry of the classroom
 #                                        sensor and of the meter (with units and the values
 #                                        the simulator serves), fence zone 3 raised and
-#                                        cleared, an "ok" command reply and a hashed card
-#                                        read at the gate were all seen, 1 if not
+#                                        cleared, an "ok" command reply, a hashed card
+#                                        read at the gate, a board swipe and the board's
+#                                        "displayed" receipt of the notice were all seen,
+#                                        1 if not
 #
 # On a fresh Debian/Ubuntu machine it first installs what is missing (apt-get, through sudo
 # when not root), creates .venv in the repo and installs the agent into it. Then it starts, on
@@ -19,6 +21,9 @@
 #     3, a pulse fence host, each answering with its profile's test vector
 #     (tests/vectors/*.toml) and moving to the vector's next case every 5, 7 and 4 s, so the
 #     readings change and fence zone 3 is raised and cleared (log and stats in demo-run/),
+#   - a simulated class board (python -m drivers.classboard.simulator) talking to the agent's
+#     board hub on a free loopback port: heartbeats and three attendance swipes; the script
+#     posts a district notice to it a few seconds in, and its receipt comes back,
 #   - a pty pair (socat) and a simulated RDM6300 gate reader writing a card every few seconds
 #     (python -m drivers.card_serial.simulator), and a random card key (demo-run/card.key),
 #   - `campus-agent run` with examples/demo.toml (log in demo-run/agent.log),
@@ -102,7 +107,7 @@ done
 rm -rf -- "$RUN"
 mkdir -p -- "$RUN"
 
-MOSQ_PID="" SIM_PID="" AGENT_PID="" TAIL_PID="" VIEW_PID="" PTY_PID="" GATE_PID=""
+MOSQ_PID="" SIM_PID="" AGENT_PID="" TAIL_PID="" VIEW_PID="" PTY_PID="" GATE_PID="" BOARD_PID=""
 
 stop_pid() { # pid seconds: SIGTERM, wait up to `seconds`, then SIGKILL; always reap
   local pid=$1 i
@@ -122,6 +127,7 @@ cleanup() {
   stop_pid "$AGENT_PID" 15
   stop_pid "$SIM_PID" 5
   stop_pid "$GATE_PID" 2
+  stop_pid "$BOARD_PID" 2
   stop_pid "$PTY_PID" 2
   [[ -z $VIEW_PID ]] || sleep 0.5
   stop_pid "$TAIL_PID" 2
@@ -194,9 +200,17 @@ done
 GATE_PID=$!
 say "gate card reader on a pty (simulated RDM6300, pid $GATE_PID): a card every 4 s"
 
+# The class board's token, and a free port for the board hub.
+mkdir -p "$RUN/tokens"
+(umask 077 && head -c 24 /dev/urandom | base64 >"$RUN/tokens/c3-2-board.token")
+HUB_PORT=$("$BIN/python" -c \
+  'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+
 CONFIG=$RUN/agent.toml
 sed -e "s|mqtt://127.0.0.1:PORT|mqtt://127.0.0.1:$PORT|" \
+  -e "s|^listen = \"127.0.0.1:8480\"|listen = \"127.0.0.1:$HUB_PORT\"|" \
   -e "s|^port = 1502 |port = $SIM_PORT |" "$ROOT/examples/demo.toml" >"$CONFIG"
+grep -q "127.0.0.1:$HUB_PORT" "$CONFIG" || die "examples/demo.toml has no 'listen = \"127.0.0.1:8480\"' line"
 grep -q "^port = $SIM_PORT " "$CONFIG" || die "examples/demo.toml has no 'port = 1502' line for the simulator"
 "$AGENT" check --config "$CONFIG"
 
@@ -253,6 +267,13 @@ echo
 tail -n +1 -f "$RUN/tail.log" &
 VIEW_PID=$!
 
+# The class board of room 302: heartbeats every 5 s, three swipes over 6 s, and it answers
+# every notice it gets with a "displayed" receipt.
+"$BIN/python" -m drivers.classboard.simulator --url "http://127.0.0.1:$HUB_PORT" \
+  --names c3-2-board --token-dir "$RUN/tokens" --interval 5 --swipes 3 --spread 6 \
+  --stats "$RUN/board.json" >"$RUN/board.log" 2>&1 &
+BOARD_PID=$!
+
 # ---- 5. one command from "the district", then wait ---------------------------------------
 
 send_command() {
@@ -264,7 +285,18 @@ send_command() {
     say "mosquitto_pub failed (exit $?)"
 }
 
+send_notice() {
+  local id payload
+  id="demo-notice-$(date -u +%Y%m%dT%H%M%S)-$$"
+  payload=$(printf '{"id": "%s", "action": "notice_post", "ts": "%s", "args": {"id": "fire-drill", "title": "Fire drill", "body": "Fire drill at 10:00: leave by the east stairs.", "level": "urgent", "targets": "class:3-2"}}' \
+    "$id" "$(date -u +%Y-%m-%dT%H:%M:%SZ)")
+  say "the district posts a notice to class 3-2: mosquitto_pub -t '$BASE/cmd/boards-hub' -m '$payload'"
+  mosquitto_pub -h 127.0.0.1 -p "$PORT" -q 1 -t "$BASE/cmd/boards-hub" -m "$payload" ||
+    say "mosquitto_pub failed (exit $?)"
+}
+
 sent=0
+noticed=0
 while :; do
   elapsed=$((SECONDS - STARTED))
   kill -0 "$AGENT_PID" 2>/dev/null || die "the agent stopped; its log: $(tail -n 20 "$RUN/agent.log")"
@@ -274,6 +306,10 @@ while :; do
   if ((!sent && elapsed >= 5)); then
     send_command
     sent=1
+  fi
+  if ((!noticed && elapsed >= 7)); then
+    send_notice
+    noticed=1
   fi
   if [[ -n $DEMO_SECONDS ]] && ((elapsed >= DEMO_SECONDS)); then
     break
@@ -289,9 +325,11 @@ energy=$(count '^telemetry +energy/')
 raised=$(count '^alarm .* zone_3 ACTIVE')
 cleared=$(count '^alarm .* zone_3 CLEARED')
 reply=$(count '^reply .* ok:')
-card=$(count '^access .*card=[0-9a-f]{8}')
+card=$(count '^access +card/.*card=[0-9a-f]{8}')
+swipe=$(count '^access +classboard/c3-2-board.*card=[0-9a-f]{8}')
+receipt=$(count '^state +classboard/c3-2-board.*notice_status=displayed')
 echo
-say "stopped after ${DEMO_SECONDS} s; seen: $env env and $energy energy telemetry, zone 3 raised $raised and cleared $cleared times, $reply ok command reply, $card hashed card reads"
+say "stopped after ${DEMO_SECONDS} s; seen: $env env and $energy energy telemetry, zone 3 raised $raised and cleared $cleared times, $reply ok command reply, $card hashed card reads, $swipe board swipes, $receipt notice receipts"
 missing=()
 ((env > 0)) || missing+=("env telemetry")
 ((energy > 0)) || missing+=("energy telemetry")
@@ -299,6 +337,8 @@ missing=()
 ((cleared > 0)) || missing+=("zone_3 CLEARED")
 ((reply > 0)) || missing+=("an ok command reply")
 ((card > 0)) || missing+=("a hashed card read at the gate")
+((swipe > 0)) || missing+=("a class board swipe")
+((receipt > 0)) || missing+=("the board's displayed receipt of the notice")
 if ((${#missing[@]})); then
   die "expected but not seen: ${missing[*]} (see demo-run/tail.log and demo-run/agent.log)"
 fi
@@ -313,7 +353,7 @@ from agent.config import load_config
 
 config, vectors, tail = load_config(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 number = re.compile(r"^(\w+)=(-?[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?)(\S*)$")
-devices = {f"{d.profile.category}/{d.id}": d for d in config.devices}
+devices = {f"{d.profile.category}/{d.id}": d for d in config.devices if d.profile.driver == "modbus"}
 bad, checked, meter_units = [], 0, False
 for line in tail.read_text().splitlines():
     words = line.split()
