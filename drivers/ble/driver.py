@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 TAG_CATEGORY = "ble"
 LOW_BATTERY_MV = 2400
 QUEUE_MAX = 20_000
+QUIET_LOGGERS = ("bleak", "bthome_ble", "habluetooth", "bluetooth_data_tools", "dbus_fast")
 MAC = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
 
 
@@ -57,7 +58,8 @@ class BleBus(BaseModel):
     # passive: BlueZ's AdvertisementMonitor (no scan requests sent; BlueZ >= 5.56 with
     # --experimental); active: classic discovery, where passive is not available.
     scanning: Literal["passive", "active"] = "passive"
-    state_file: ConfigPath = "ble-state.json"  # beside the config by default
+    # Beside the config by default (validated, so taken from the config file's folder).
+    state_file: ConfigPath = Field(default="ble-state.json", validate_default=True)
     silent_after: Annotated[Duration, duration_range(2.0, 3600.0, "")] = 120.0
     reset_min: Annotated[Duration, duration_range(0.1, 60.0, "")] = 1.0
     reset_max: Annotated[Duration, duration_range(1.0, 3600.0, "")] = 60.0
@@ -195,6 +197,11 @@ class BleDriver(Driver):
     # ---- running -------------------------------------------------------------------
 
     async def run(self, sink: DeviceSink) -> None:
+        # bleak, bthome-ble and habluetooth log whole adverts at DEBUG: a tag's id is in
+        # them. Never below INFO, whatever the agent's level.
+        for name in QUIET_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.setLevel(max(logger.getEffectiveLevel(), logging.INFO))
         self.store.load()
         for dev, why in self._setup():
             log.error("ble device %s unusable: %s", dev, why)
@@ -309,8 +316,9 @@ class BleDriver(Driver):
         if isinstance(found, Telemetry) and address in self.mac_tag:
             key = self.mac_tag[address]
             for g in self.allow.get(key, []):
-                if found.battery_mv is not None:
+                if found.battery_mv is not None and key in g.present:
                     g.battery[key] = found.battery_mv
+                    await self._tag_points(sink, g, ts)
             return
         c.unknown += 1
 
