@@ -258,3 +258,28 @@ def test_adapter_removed_and_readded_scanning_resumes(
         "one reset, three scans (start, re-added, powered on)",
     )
     assert agent.alive() and "driver failed" not in agent.log_text()
+
+
+def test_a_silent_adapter_is_reset_and_scanning_resumes(
+    bluez: BluezMock, broker: Any, subscribers: Any, make_agent: Any
+) -> None:
+    sub = subscribers(broker)
+    devices = DEVICES.replace('tick = "200ms"', 'tick = "200ms"\nsilent_after = "2s"')
+    agent = make_agent(broker.url, devices, allow="[]", extra=PRIVACY, start=False)
+    for name, text in (("card.key", "k" * 40), ("lab-3.key", KEY)):
+        (agent.dir / name).write_text(text)
+        (agent.dir / name).chmod(0o600)
+    agent.start()
+    wait_for(lambda: online(sub, "dorm-12"), 20, "scanning")
+    # nothing advertises for 2 s: the adapter is power-cycled through BlueZ
+    wait_for(
+        lambda: any("silent" in e.get("reason", "") for e in states(sub, "dorm-12")), 15, "silent"
+    )
+    wait_for(lambda: online(sub, "dorm-12"), 15, "scanning again after the reset")
+    bus = agent.wait_status(lambda s: s["buses"]["ble-hall"]["resets"] >= 1, 10, "a reset")
+    assert bus["buses"]["ble-hall"]["scans"] >= 2
+    bluez.advertise(PLAIN, service_data=enc.bthome_plain(bytes.fromhex("000902CA09")))
+    wait_for(lambda: telemetry(sub, "dorm-12"), 15, "an advert after the reset")
+    log = bluez.log_text()  # the reset went through BlueZ's D-Bus API: off, then on
+    assert "Set /org/bluez/hci0 org.bluez.Adapter1.Powered False" in log
+    assert "Set /org/bluez/hci0 org.bluez.Adapter1.Powered True" in log
