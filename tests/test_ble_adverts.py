@@ -223,3 +223,22 @@ def test_garbage_adverts_never_crash_nor_make_a_tag_or_reading(
     if encrypted:
         assert sink.samples == []  # garbage never decrypts under the key
     assert drv.counters.rejected["error"] == 0
+
+
+def test_bthome_profile_units_are_the_ones_bthome_ble_decodes() -> None:
+    from bthome_ble.const import MEAS_TYPES
+
+    units: dict[str, str | None] = {}
+    for m in MEAS_TYPES.values():
+        d = m.meas_format
+        dc = getattr(d, "device_class", None)
+        if dc is not None and hasattr(d, "native_unit_of_measurement"):
+            unit = d.native_unit_of_measurement
+            units.setdefault(dc.value, None if unit is None else str(unit.value))
+    profile = load_profile_file(PROFILES["bthome-sensor"])
+    for p in profile.points:
+        key = (p.wire or {}).get("key", p.name)
+        if p.kind == "state":
+            continue  # binary sensors (window): no unit
+        assert key in units, f"{p.name}: bthome-ble has no {key!r}"
+        assert p.unit == units[key], f"{p.name}: {p.unit!r} here, {units[key]!r} in bthome-ble"
