@@ -77,7 +77,7 @@ class BluezMock:
     # ---- processes -------------------------------------------------------------------
 
     def start(self) -> BluezMock:
-        daemon = need("dbus-daemon", "dbus-daemon")
+        daemon = need("dbus-daemon", "dbus")
         need(SYSTEM_PYTHON, "python3")
         conf = self.folder / "bus.conf"
         conf.write_text(BUS_CONFIG.format(socket=self.socket))
