@@ -300,3 +300,37 @@ class BluezMock:
 async def _disconnect(bus: MessageBus) -> None:
     bus.disconnect()
     await asyncio.sleep(0)
+
+
+def serve(folder: Path, address: str, every: float = 2.0) -> None:
+    """The mocked BlueZ with one BTHome v2 sensor advertising every `every` s (temperature
+    and humidity moving), until SIGTERM; the bus address in `folder`/address. For
+    examples/demo.sh: `python -m tests.harness.bluez FOLDER MAC`."""
+    import signal
+
+    from tests.harness.ble_adverts import bthome_plain
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    mock = BluezMock(folder).start()
+    try:
+        mock.add_adapter("hci0")
+        (folder / "address").write_text(mock.address)
+        n = 0
+        while not stop.wait(0 if n == 0 else every):
+            temp = 2150 + (n % 12) * 25  # 21.50 .. 24.25 °C
+            hum = 4500 + (n % 7) * 100  # 45 .. 51 %
+            objects = bytes([0x00, n % 256, 0x01, 88, 0x02]) + temp.to_bytes(2, "little")
+            mock.advertise(
+                address, service_data=bthome_plain(objects + b"\x03" + hum.to_bytes(2, "little"))
+            )
+            n += 1
+    finally:
+        mock.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(Path(sys.argv[1]), sys.argv[2])
