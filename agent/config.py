@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     pass
 
 # Devices of these profile categories hand the core card reads (agent/cards.py).
-CARD_CATEGORIES = frozenset({"card", "classboard"})
+CARD_CATEGORIES = frozenset({"card", "classboard", "ble"})
 DEFAULT_PATH = Path("/etc/campus-agent/agent.toml")
 TOPIC_SAFE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 

@@ -76,6 +76,11 @@ BENCHMARKS: list[Benchmark] = [
         "60 class boards: a morning swipe burst (CPU, RSS), an emergency notice -> every receipt",
     ),
     Benchmark(
+        "ble",
+        "bench.ble",
+        "BLE driver: agent CPU at 200 advertising devices (bleak over a mocked BlueZ)",
+    ),
+    Benchmark(
         "peer",
         "bench.peer",
         "vs ThingsBoard IoT Gateway 3.8.x, 100/200 Modbus devices: CPU, outage (~20-25 min)",

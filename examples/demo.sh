@@ -26,6 +26,9 @@
 #     posts a district notice to it a few seconds in, and its receipt comes back,
 #   - a pty pair (socat) and a simulated RDM6300 gate reader writing a card every few seconds
 #     (python -m drivers.card_serial.simulator), and a random card key (demo-run/card.key),
+#   - where D-Bus is (dbus-daemon, python3-dbus, the ble extra): a mocked BlueZ on a private
+#     bus with a BTHome v2 sensor advertising every 2 s (tests/harness/bluez.py), scanned by
+#     the agent's ble driver (log in demo-run/ble-sim.log),
 #   - `campus-agent run` with examples/demo.toml (log in demo-run/agent.log),
 #   - `campus-agent tail`, the district's view, shown in this terminal,
 # prints `campus-agent status`, sends one fence.arm command a few seconds in, and on Ctrl-C
@@ -107,7 +110,7 @@ done
 rm -rf -- "$RUN"
 mkdir -p -- "$RUN"
 
-MOSQ_PID="" SIM_PID="" AGENT_PID="" TAIL_PID="" VIEW_PID="" PTY_PID="" GATE_PID="" BOARD_PID=""
+MOSQ_PID="" SIM_PID="" AGENT_PID="" TAIL_PID="" VIEW_PID="" PTY_PID="" GATE_PID="" BOARD_PID="" BLE_PID=""
 
 stop_pid() { # pid seconds: SIGTERM, wait up to `seconds`, then SIGKILL; always reap
   local pid=$1 i
@@ -126,6 +129,7 @@ cleanup() {
   # "offline" status, which tail still shows. Then the simulated devices; the broker last.
   stop_pid "$AGENT_PID" 15
   stop_pid "$SIM_PID" 5
+  stop_pid "$BLE_PID" 5
   stop_pid "$GATE_PID" 2
   stop_pid "$BOARD_PID" 2
   stop_pid "$PTY_PID" 2
@@ -212,6 +216,40 @@ sed -e "s|mqtt://127.0.0.1:PORT|mqtt://127.0.0.1:$PORT|" \
   -e "s|^port = 1502 |port = $SIM_PORT |" "$ROOT/examples/demo.toml" >"$CONFIG"
 grep -q "127.0.0.1:$HUB_PORT" "$CONFIG" || die "examples/demo.toml has no 'listen = \"127.0.0.1:8480\"' line"
 grep -q "^port = $SIM_PORT " "$CONFIG" || die "examples/demo.toml has no 'port = 1502' line for the simulator"
+
+# A mocked BLE sensor (drivers/ble), where D-Bus is: python-dbusmock's BlueZ on a private bus
+# and a BTHome v2 sensor advertising through it every 2 s (tests/harness/bluez.py); the agent
+# scans it with the real bleak. Left out where dbus-daemon, python3-dbus or the ble extra
+# is missing.
+if command -v dbus-daemon >/dev/null 2>&1 && /usr/bin/python3 -c 'import dbus' 2>/dev/null \
+  && "$BIN/python" -c 'import bleak, bthome_ble, importlib.util as u; assert u.find_spec("dbusmock")' 2>/dev/null; then
+  "$BIN/python" -m tests.harness.bluez "$RUN/bluez" A4:C1:38:00:00:12 >"$RUN/ble-sim.log" 2>&1 &
+  BLE_PID=$!
+  for ((i = 0; ; i++)); do
+    [[ -s $RUN/bluez/address ]] && break
+    kill -0 "$BLE_PID" 2>/dev/null || die "the mocked BlueZ did not start: $(tail -n 5 "$RUN/ble-sim.log")"
+    ((i < 200)) || die "the mocked BlueZ did not start in 20 s (see $RUN/ble-sim.log)"
+    sleep 0.1
+  done
+  DBUS_SYSTEM_BUS_ADDRESS=$(cat "$RUN/bluez/address")
+  export DBUS_SYSTEM_BUS_ADDRESS
+  cat >>"$CONFIG" <<'EOF'
+
+[[buses]]
+id = "ble-dorm"
+driver = "ble"
+adapter = "hci0"
+
+[[devices]]
+id = "ble-dorm-12"
+profile = "bthome-sensor"
+bus = "ble-dorm"
+address = "A4:C1:38:00:00:12"
+EOF
+  say "BLE sensor (BTHome v2 through a mocked BlueZ on a private D-Bus, pid $BLE_PID): every 2 s"
+else
+  say "no D-Bus here (dbus-daemon, python3-dbus, the ble extra): the BLE sensor is left out"
+fi
 "$AGENT" check --config "$CONFIG"
 
 # What the script needs from the config, read by the agent's own loader.
@@ -328,8 +366,10 @@ reply=$(count '^reply .* ok:')
 card=$(count '^access +card/.*card=[0-9a-f]{8}')
 swipe=$(count '^access +classboard/c3-2-board.*card=[0-9a-f]{8}')
 receipt=$(count '^state +classboard/c3-2-board.*notice_status=displayed')
+ble=$(count '^telemetry +env/ble-dorm-12')
+env=$((env - ble)) # the classroom sensor's, not the BLE sensor's
 echo
-say "stopped after ${DEMO_SECONDS} s; seen: $env env and $energy energy telemetry, zone 3 raised $raised and cleared $cleared times, $reply ok command reply, $card hashed card reads, $swipe board swipes, $receipt notice receipts"
+say "stopped after ${DEMO_SECONDS} s; seen: $env env and $energy energy telemetry, zone 3 raised $raised and cleared $cleared times, $reply ok command reply, $card hashed card reads, $swipe board swipes, $receipt notice receipts, $ble BLE sensor readings"
 missing=()
 ((env > 0)) || missing+=("env telemetry")
 ((energy > 0)) || missing+=("energy telemetry")
@@ -339,6 +379,7 @@ missing=()
 ((card > 0)) || missing+=("a hashed card read at the gate")
 ((swipe > 0)) || missing+=("a class board swipe")
 ((receipt > 0)) || missing+=("the board's displayed receipt of the notice")
+[[ -z $BLE_PID ]] || ((ble > 0)) || missing+=("the BLE sensor's telemetry")
 if ((${#missing[@]})); then
   die "expected but not seen: ${missing[*]} (see demo-run/tail.log and demo-run/agent.log)"
 fi
@@ -362,6 +403,8 @@ for line in tail.read_text().splitlines():
     if any(w.startswith("quality=") for w in words):
         continue  # a failed read: no values to compare
     profile = devices[words[1]].profile
+    if profile.driver == "ble":
+        continue  # the mocked BLE sensor (tests/harness/bluez.py) serves no vector
     units = {p.name: p.unit or "" for p in profile.points if p.kind == "telemetry"}
     cases = tomllib.loads((vectors / f"{profile.id}.toml").read_text())["case"]
     seen, shown = {}, {}

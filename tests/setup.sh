@@ -19,11 +19,19 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
   2>/dev/null || missing+=(python3-dev)
 [ -f /usr/include/linux/input.h ] || missing+=(linux-libc-dev)
+# The BLE tests (tests/test_ble*.py) run python-dbusmock's BlueZ template on a private bus:
+# dbus-daemon, and Debian's python3-dbus for the system python (/usr/bin/python3, which it
+# brings where only another Python is installed) that runs the mock: dbus-python from PyPI
+# would have to be built against libdbus-1-dev with meson; the Debian one is ready.
+/usr/bin/python3 -c 'import dbus' 2>/dev/null || missing+=(python3-dbus)
 # systemd-analyze scores systemd/campus-agent.service and expands its system call groups;
 # the package brings libseccomp too (tests/test_systemd_unit.py). Installed without its
 # recommends (dbus, timesyncd); where systemd is not PID 1 its postinst starts nothing.
 bare=()
 have systemd-analyze || bare+=(systemd)
+# `dbus` (not `dbus-daemon`: Ubuntu 22.04 has no such package) without its recommends
+# (dbus-user-session would bring systemd's PAM module): the tests start their own bus.
+have dbus-daemon || bare+=(dbus)
 if [ ${#missing[@]} -gt 0 ] || [ ${#bare[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -77,4 +85,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # constraints.txt: the versions the suite was last run with (pip freeze); pyproject.toml
 # only bounds them.
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,hid,osdp]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,hid,osdp,ble]'
+# python-dbusmock (pure Python) without its dbus-python requirement: the harness runs it with
+# the system python3 and Debian's python3-dbus (tests/harness/bluez.py).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt python-dbusmock
