@@ -54,6 +54,8 @@ def test_good_example_configs_pass(tmp_path):
         "eastron-sdm120",
         "generic-pulse-fence",
         "rdm6300",
+        "classboard-v1",
+        "classboard-hub",
     }
     assert config.card_key is not None
 
