@@ -127,6 +127,13 @@ class Board:
         doc = {"app_version": "2.3.1", "screen": "on", "brightness": 80, **fields}
         return self.request("POST", "/heartbeat", doc)
 
+    def listening(self) -> bool:
+        """The hub answers a heartbeat with 200; False while it is not yet listening."""
+        try:
+            return self.heartbeat()[0] == 200
+        except ConnectionRefusedError:
+            return False
+
     def notices(
         self, etag: str | None = None, wait: float | None = None
     ) -> tuple[int, dict[str, str], Any]:

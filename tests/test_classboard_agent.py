@@ -35,7 +35,7 @@ def start(make_agent, broker, tmp_path, port, **kw):
     write_secrets(tmp_path / "agent")
     agent = make_agent(broker.url, hub_config(port, **kw), extra=PRIVACY, allow=ALLOW)
     agent.wait_status(lambda s: s["broker"]["connected"], 15, "connection")
-    wait_for(lambda: Board(port, "c3-2-board").heartbeat()[0] == 200, 15, "the hub listening")
+    wait_for(Board(port, "c3-2-board").listening, 15, "the hub listening")
     return agent
 
 
@@ -245,7 +245,7 @@ def test_a_silent_board_goes_offline_with_the_reason_and_comes_back(
     agent.start()
     agent.wait_status(lambda s: s["broker"]["connected"], 15, "connection")
     b = Board(port, "c3-2-board")
-    wait_for(lambda: b.heartbeat()[0] == 200, 15, "the hub listening")
+    wait_for(b.listening, 15, "the hub listening")
     wait_for(lambda: any(e["online"] for e in of(sub, "state", "c3-2-board")), 10, "online")
     off = wait_for(
         lambda: [e for e in of(sub, "state", "c3-2-board") if e["online"] is False], 20, "offline"

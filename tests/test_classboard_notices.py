@@ -54,7 +54,7 @@ def start(make_agent, broker, tmp_path, port):
     write_secrets(tmp_path / "agent")
     agent = make_agent(broker.url, hub_config(port), extra=PRIVACY, allow=ALLOW)
     agent.wait_status(lambda s: s["broker"]["connected"], 15, "connection")
-    wait_for(lambda: Board(port, "c3-2-board").heartbeat()[0] == 200, 15, "the hub listening")
+    wait_for(Board(port, "c3-2-board").listening, 15, "the hub listening")
     return agent
 
 
@@ -152,7 +152,7 @@ def test_notices_survive_a_restart_and_expire_with_receipts_for_boards_that_neve
     agent.start()
     agent.wait_status(lambda s: s["broker"]["connected"], 15, "connection")
     b = Board(port, "c3-2-board")
-    wait_for(lambda: b.heartbeat()[0] == 200, 15, "the hub listening again")
+    wait_for(b.listening, 15, "the hub listening again")
     status, _, doc = b.notices()
     assert status == 200
     assert [n["id"] for n in doc["notices"]] == ["sports-day"]  # "later" is not valid yet
