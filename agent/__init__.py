@@ -1,3 +1,3 @@
 """Campus edge agent: durable store-and-forward from school devices to the district broker."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

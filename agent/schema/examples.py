@@ -110,7 +110,7 @@ EXAMPLES: dict[str, list[Json]] = {
             "state": "online",
             **_WHERE,
             "ts": 1795440480.2,
-            "version": "0.1.0",
+            "version": "0.2.0",
             "uptime": 86412.5,
             "backlog": 3,
             "oldest_unsent_age": 0.4,
