@@ -1,4 +1,4 @@
-"""campus-agent: run | check | status | tail.
+"""campus-agent: run | check | status | tail | doctor | firmware | profiles | keys.
 
 The only module that configures logging and prints. Exit codes: 0 ok, 1 runtime failure,
 2 bad config or usage, 3 agent not running (status).
@@ -330,6 +330,18 @@ def _profile_problems(path: Path) -> tuple[Profile | None, list[str]]:
     return profile, [f"{path}: {f}: {m}" for f, m in driver_profile_problems(cls, profile)]
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent import doctor
+
+    checks = doctor.run_checks(args.config, user=args.user, unit=args.unit, timeout=args.timeout)
+    if args.json:
+        print(orjson.dumps(doctor.as_json(checks), option=orjson.OPT_INDENT_2).decode())
+        return doctor.worst(checks)
+    text, code = doctor.report(checks)
+    print(text)
+    return code
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     shipped = shipped_profiles()
     if args.action == "list":
@@ -449,6 +461,16 @@ def cmd_firmware(args: argparse.Namespace) -> int:
     return failed if failed is not None else (outcome[0] if outcome else 1)
 
 
+def doctor_user() -> str | None:
+    """The service user when it exists here, else None (this process's own user)."""
+    import pwd
+
+    try:
+        return pwd.getpwnam("campus-agent").pw_name
+    except KeyError:
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="campus-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
@@ -471,6 +493,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", help="only this kind (telemetry, alarm, access, state, audit)")
     p.add_argument("--raw", action="store_true", help="print topic and JSON payload")
     p.set_defaults(fn=cmd_tail)
+    p = add("doctor", "check this gateway: config, store, disk, ports, broker, clock, unit")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.add_argument(
+        "--user",
+        default=doctor_user(),
+        help="judge file access as this user (default: campus-agent when it exists)",
+    )
+    p.add_argument("--unit", type=Path, help="the unit file to check (default: the installed one)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
+    p.set_defaults(fn=cmd_doctor)
     p = add("firmware", "update a firmware-bridge node from a file in its bus's firmware_dir")
     p.add_argument("device", help="the device id of the node")
     p.add_argument("file", help="the image's file name inside the bus's firmware_dir")

@@ -435,17 +435,7 @@ class BleDriver(Driver):
     # ---- adapter health --------------------------------------------------------------
 
     async def _adapter_problem(self) -> str | None:
-        name = self.options.adapter
-        try:
-            props = await _bluez_call(f"/org/bluez/{name}", "GetAll", "s", ["org.bluez.Adapter1"])
-        except _NoAdapterError:
-            return f"adapter {name} removed"
-        except (OSError, RuntimeError, ValueError) as e:
-            return f"BlueZ not reachable: {e}"
-        powered = props[0].get("Powered")
-        if powered is not None and not powered.value:
-            return f"adapter {name} powered off"
-        return None
+        return await adapter_problem(self.options.adapter)
 
     async def _reset(self, problem: str) -> None:
         """Power the adapter (off and) on through BlueZ; nothing to do if it is removed."""
@@ -491,6 +481,21 @@ class BleDriver(Driver):
             "resets": self.resets,
             "state_writes": self.store.writes,
         }
+
+
+async def adapter_problem(name: str) -> str | None:
+    """What is wrong with the adapter `name` as BlueZ sees it (removed, powered off, BlueZ
+    not reachable), or None. Also `campus-agent doctor`'s Bluetooth check."""
+    try:
+        props = await _bluez_call(f"/org/bluez/{name}", "GetAll", "s", ["org.bluez.Adapter1"])
+    except _NoAdapterError:
+        return f"adapter {name} removed"
+    except (OSError, RuntimeError, ValueError) as e:
+        return f"BlueZ not reachable: {e}"
+    powered = props[0].get("Powered")
+    if powered is not None and not powered.value:
+        return f"adapter {name} powered off"
+    return None
 
 
 class _NoAdapterError(Exception):
