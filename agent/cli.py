@@ -34,12 +34,46 @@ EXIT_NOT_RUNNING = 3
 
 
 def _setup_logging(level: str) -> None:
-    # Under systemd, journald stamps each line; elsewhere we add the time ourselves.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    """Lines on stderr. Under systemd stderr is the journal: journald stamps each line and
+    reads its priority from a `<N>` prefix (sd-daemon(3)), so `journalctl -p warning` works;
+    elsewhere we add the time ourselves. One line per state change, never one per event."""
+    handler = logging.StreamHandler(sys.stderr)
+    if _stderr_is_journal():
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+
+
+def _stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM to the device and inode of the journal stream it gave us;
+    it is ours only if stderr is still that stream (systemd.exec(5))."""
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return dev.isdigit() and ino.isdigit() and (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+class _JournalFormatter(logging.Formatter):
+    """`<N>` syslog priorities: debug 7, info 6, warning 4, error 3, critical 2."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        n = record.levelno
+        priority = (
+            7
+            if n <= logging.DEBUG
+            else 6
+            if n <= logging.INFO
+            else 4
+            if n <= logging.WARNING
+            else 3
+            if n <= logging.ERROR
+            else 2
+        )
+        return f"<{priority}>{record.levelname} {super().format(record)}"
 
 
 def _load(path: Path) -> SiteConfig | None:
