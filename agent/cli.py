@@ -172,8 +172,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         "evicted:  "
         + ", ".join(f"{k} {v}" for k, v in ev.items())
-        + f" (store {_mb(s.get('used_bytes', 0))} of {_mb(s.get('max_size', 0))})"
+        + f" (store {_mb(s.get('used_bytes', 0))} of {_mb(s.get('max_size', 0))},"
+        + f" schema v{s.get('schema_version', '?')})"
     )
+    if up := s.get("upgraded"):
+        print(
+            f"store:    upgraded at this start from schema v{up.get('from_version')} to "
+            f"v{up.get('to_version')}; copy of the old store: {up.get('backup') or 'none'}"
+        )
     ref = doc.get("refused", {})
     if ref.get("count") or ref.get("parked"):
         # `count` is since this start; `parked` is what the store still holds back.

@@ -38,6 +38,7 @@ from agent.points import DevicePoints, StormLimit
 from agent.publisher import Publisher
 from agent.sample import BoundDevice, BusSpec, Quality, Sample, Value
 from agent.store import Store
+from agent.store_schema import EXIT_STORE_TOO_NEW, StoreTooNewError
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +402,8 @@ class Agent:
                     "lost_uncommitted": s.lost_uncommitted,
                     "last_error": s.last_error,
                     "recovered": s.recovered,
+                    "schema_version": s.schema_version,
+                    "upgraded": s.upgraded,
                 },
                 "commands": {**self.router.status(), **self.gate.status()},
                 "cards": self.cards.status(),
@@ -459,6 +462,10 @@ class Agent:
         loop = asyncio.get_running_loop()
         try:
             await self.store.open()
+        except StoreTooNewError as e:
+            # A downgrade: the store is left as it is; restarting will not fix it.
+            log.error("%s", e)
+            return EXIT_STORE_TOO_NEW
         except StoreError as e:
             # A folder this user cannot write: restarting will not fix it (exit 2).
             raise ConfigError([Problem(str(self.config.path), "store.path", str(e))]) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -37,25 +38,10 @@ from agent.contract import (
 from agent.errors import StoreError, StoreFullError
 from agent.store_files import integrity_problem, move_aside, salvage_seq_of
 from agent.store_room import AUDIT_KEEP, PRIORITY_NAMES, SET_NEXT_SEQ, RoomKeeping
+from agent.store_schema import SCHEMA, SCHEMA_VERSION, migrate, refuse_newer
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    seq     INTEGER PRIMARY KEY,
-    prio    INTEGER NOT NULL,
-    created REAL    NOT NULL,
-    topic   TEXT    NOT NULL,
-    payload BLOB    NOT NULL,
-    retain  INTEGER NOT NULL,
-    parked  TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_prio_seq ON outbox (prio, seq);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
-CREATE TABLE IF NOT EXISTS commands_seen (
-  id TEXT PRIMARY KEY, expires REAL NOT NULL, outcome TEXT
-);
-"""
 MAX_PENDING = 200_000  # events held in memory while the disk refuses writes
 MAX_BATCH = 2_000  # events per transaction: bounds how long one commit holds the loop
 HIGH_WATER = 20_000  # a producer waits for a commit above this many queued events
@@ -96,6 +82,8 @@ class StoreStats:
     used_bytes: int = 0
     last_error: str | None = None
     recovered: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+    upgraded: dict[str, Any] | None = None  # from which version, the backup (agent.store_schema)
 
 
 class Store(RoomKeeping):
@@ -129,7 +117,6 @@ class Store(RoomKeeping):
         self._db: aiosqlite.Connection | None = None
         self._rdb: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._commands_outcome_column = False
         self._pending: list[NewEvent] = []
         self._acks: list[int] = []
         self._parks: list[tuple[int, str]] = []
@@ -155,8 +142,12 @@ class Store(RoomKeeping):
     # ---- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open (or create) the outbox; a damaged file is moved aside and a fresh one started."""
+        """Open (or create) the outbox; a damaged file is moved aside and a fresh one started.
+
+        A store of an older schema version is migrated first; one written by a newer release
+        raises StoreTooNewError before anything touches the file (agent.store_schema)."""
         salvage_seq = 0
+        refuse_newer(self.path)  # reads only: a newer store must not be judged "damaged"
         reason = await integrity_problem(self.path, SCHEMA)  # StoreError: cannot write there
         if reason is not None:
             salvage_seq = salvage_seq_of(self.path)
@@ -168,6 +159,9 @@ class Store(RoomKeeping):
                 moved,
                 reason,
             )
+        version = refuse_newer(self.path)  # None: no store (or a fresh start after damage)
+        if version is not None and (done := migrate(self.path, version)) is not None:
+            self.stats.upgraded = dataclasses.asdict(done)
         self._ensure_reserve()
         db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db = db
@@ -178,6 +172,8 @@ class Store(RoomKeeping):
         await db.execute(f"PRAGMA wal_autocheckpoint={max(8, wal_bytes // 4096)}")
         await db.execute(f"PRAGMA journal_size_limit={wal_bytes}")
         await db.executescript(SCHEMA)
+        if version is None:
+            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._rdb = await aiosqlite.connect(self.path, isolation_level=None)
         await self._rdb.execute("PRAGMA query_only=1")
         async with db.execute("PRAGMA page_size") as cur:
@@ -464,7 +460,6 @@ class Store(RoomKeeping):
         noted for it ("" if none yet). Survives restarts."""
         db = self._require_db()
         async with self._lock:
-            await self._commands_table(db)
             await db.execute("DELETE FROM commands_seen WHERE expires < ?", (time.time(),))
             try:
                 await db.execute(
@@ -485,16 +480,6 @@ class Store(RoomKeeping):
             await db.execute(
                 "UPDATE commands_seen SET outcome = ? WHERE id = ?", (code, command_id)
             )
-
-    async def _commands_table(self, db: aiosqlite.Connection) -> None:
-        """Stores made before the outcome column get it (once per process)."""
-        if self._commands_outcome_column:
-            return
-        async with db.execute("PRAGMA table_info(commands_seen)") as cur:
-            columns = {row[1] for row in await cur.fetchall()}
-        if "outcome" not in columns:
-            await db.execute("ALTER TABLE commands_seen ADD COLUMN outcome TEXT")
-        self._commands_outcome_column = True
 
     def _require_db(self) -> aiosqlite.Connection:
         if self._db is None:

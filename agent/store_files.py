@@ -19,6 +19,7 @@ from pathlib import Path
 import aiosqlite
 
 from agent.errors import StoreError
+from agent.store_schema import schema_version as _schema_version
 
 # (name, declared type, not null, primary key) of a column, as PRAGMA table_info gives them.
 Column = tuple[str, str, int, int]
@@ -40,7 +41,8 @@ def _shape(con: sqlite3.Connection) -> dict[str, tuple[str, str, list[Column]]]:
 def schema_problem(path: Path, schema: str) -> str | None:
     """Why the store's tables cannot be used with `schema` (the CREATE statements the store
     runs), or None. An object of ours that is a view, a table with other columns (an older
-    store's table missing only the newest trailing columns is fine), or a
+    store's table missing only the newest trailing columns is fine: this check runs before
+    the migrations of agent.store_schema add them), or a
     trigger on one of our tables would make every commit fail: the file is as good as
     damaged. A missing table is fine (it is created)."""
     mem = sqlite3.connect(":memory:")
@@ -64,7 +66,7 @@ def schema_problem(path: Path, schema: str) -> str | None:
         if kind != wkind:
             return f"{name!r} is a {kind}, not a {wkind}"
         # A store from an earlier version may lack columns added since (at the end, as
-        # ALTER TABLE ADD COLUMN puts them): the store adds them; anything else is damage.
+        # ALTER TABLE ADD COLUMN puts them): its migration adds them; anything else is damage.
         if cols != wcols and (not cols or cols != wcols[: len(cols)]):
             return f"table {name!r} has the columns ({_columns(cols)}), not ({_columns(wcols)})"
     return None
@@ -110,6 +112,12 @@ def make_folder(path: Path) -> None:
                 f"the store {what} {p} is read-only for this user (uid {os.geteuid()}): give "
                 "the agent's user write access, or set [store] path to a writable folder"
             )
+
+
+def schema_version(path: Path) -> int | None:
+    """The schema version of the store at `path` (PRAGMA user_version), read-only; None when
+    there is no store there (for `campus-agent doctor`; agent.store_schema)."""
+    return _schema_version(path)
 
 
 def salvage_seq_of(path: Path) -> int:

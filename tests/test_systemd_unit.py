@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.store_schema import EXIT_STORE_TOO_NEW
 from tests.conftest import need
 from tests.harness.agent import env_device, fence_device
 from tests.harness.modbus import ModbusSim
@@ -73,6 +74,8 @@ def test_the_unit_keeps_what_the_agent_needs():
     assert one["KillSignal"] == "SIGTERM" and int(one["TimeoutStopSec"]) > 5  # drain_timeout
     # A config error exits 2 and is not restarted in a loop; a crash is.
     assert "2" in " ".join(s["RestartPreventExitStatus"]).split()
+    # Nor a store written by a newer release (a downgrade): agent.store_schema.
+    assert str(EXIT_STORE_TOO_NEW) in " ".join(s["RestartPreventExitStatus"]).split()
     assert one["Restart"] == "on-failure"
     # Its own writable state dir under a read-only system, its own user, the serial ports.
     assert one["ProtectSystem"] == "strict" and one["StateDirectory"] == "campus-agent"
