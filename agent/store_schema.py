@@ -21,6 +21,7 @@ the changes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -188,7 +189,8 @@ def migrate(path: Path, version: int) -> Upgrade | None:
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             con.execute("COMMIT")
         except sqlite3.Error as e:
-            con.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                con.execute("ROLLBACK")
             raise StoreError(
                 f"could not upgrade the store {path} from schema version {version} to "
                 f"{SCHEMA_VERSION}: {e}; it was left at version {version}, unchanged"
