@@ -3,7 +3,8 @@
 Group commit (one transaction every few milliseconds), priorities, a byte cap measured on
 the real files (WAL included) with eviction of the oldest telemetry first, delete on PUBACK,
 and a start-up integrity check that moves a damaged file aside instead of refusing to run
-(agent/store_files.py). The cap, a full disk and audit retention: agent/store_room.py.
+(agent/store_files.py); an older store's schema is migrated first, a newer one's refused
+(agent/store_schema.py). The cap, a full disk and audit retention: agent/store_room.py.
 This module never talks to the network; topics and payloads come from agent.contract.
 """
 
