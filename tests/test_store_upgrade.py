@@ -10,6 +10,8 @@ import json
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from agent.store_schema import (
     backup_path,
 )
 from tests.harness.agent import AgentProcess, env_device
+from tests.harness.process import ROOT
 from tests.harness.subscriber import Subscriber
 from tests.harness.waiting import wait_for
 
@@ -92,11 +95,14 @@ async def test_a_0_1_0_store_is_migrated_in_place_with_a_backup(tmp_path):
         assert prios == dict.fromkeys(audit, int(Priority.AUDIT))
         want = {e["seq"]: e["prio"] for e in MANIFEST["events"] if e["kind"] != "audit"}
         assert dict(others) == want
-        # The ids 0.1.0 remembered still stop a replay; new ones keep their outcome.
-        con = sqlite3.connect(FIXTURE)
-        (old_id,) = con.execute("SELECT id FROM commands_seen LIMIT 1").fetchone()
-        con.close()
-        assert await s.remember_command(old_id, time.time() + 600) == ""
+        # The ids 0.1.0 remembered are kept (they expire as they did: the fixture's have by
+        # now), with room for the outcome a replay of a new command is told.
+        con = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+        try:
+            kept = con.execute("SELECT id, outcome FROM commands_seen").fetchall()
+        finally:
+            con.close()
+        assert len(kept) == MANIFEST["commands_seen"] and all(o is None for _, o in kept)
         assert await s.remember_command("cmd-new-000001", time.time() + 600) is True
         await s.note_command_outcome("cmd-new-000001", "ok")
         assert await s.remember_command("cmd-new-000001", time.time() + 600) == "ok"
@@ -158,6 +164,14 @@ def test_a_0_1_0_backlog_is_migrated_and_drained_exactly_as_recorded(
     assert st["store"]["schema_version"] == SCHEMA_VERSION
     assert st["store"]["upgraded"]["from_version"] == 0
     assert Path(st["store"]["upgraded"]["backup"]).exists()
+    shown = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "status", "--config", str(agent.config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert f"schema v{SCHEMA_VERSION}" in shown and "upgraded at this start from schema v0" in shown
     agent.signal(signal.SIGHUP)
     wait_for(lambda: len(arrived()) >= len(events), 60, "the parked audit events", every=0.2)
     assert agent.terminate() == 0
