@@ -181,23 +181,23 @@ def migrate(path: Path, version: int) -> Upgrade | None:
         return None
     backup = _backup(path, version)
     con = sqlite3.connect(path, isolation_level=None)
+    step = "BEGIN (the store's write lock)"
     try:
         con.execute("BEGIN IMMEDIATE")
-        try:
-            for m in MIGRATIONS[version:]:
-                m.apply(con)
-            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            con.execute("COMMIT")
-        except sqlite3.Error as e:
-            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
-                con.execute("ROLLBACK")
-            raise StoreError(
-                f"could not upgrade the store {path} from schema version {version} to "
-                f"{SCHEMA_VERSION}: {e}; it was left at version {version}, unchanged"
-                + (f" (a copy: {backup})" if backup else "")
-            ) from None
-    except sqlite3.Error as e:  # BEGIN itself failed (locked by another process...)
-        raise StoreError(f"could not upgrade the store {path}: {e}") from None
+        for m in MIGRATIONS[version:]:
+            step = f"the migration to version {m.to} ({m.what})"
+            m.apply(con)
+        step = "COMMIT"
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        con.execute("COMMIT")
+    except sqlite3.Error as e:
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+            con.execute("ROLLBACK")
+        raise StoreError(
+            f"could not upgrade the store {path} from schema version {version} to "
+            f"{SCHEMA_VERSION}: {e} (at {step}); it was left at version {version}, unchanged"
+            + (f" (a copy: {backup})" if backup else "")
+        ) from None
     finally:
         con.close()
     done = Upgrade(version, SCHEMA_VERSION, str(backup) if backup else None, time.time())

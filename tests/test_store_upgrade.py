@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -225,9 +226,59 @@ def test_a_migration_that_cannot_run_leaves_the_store_at_its_old_version(broker,
         holder.execute("ROLLBACK")
         holder.close()
     log = agent.log_text()
-    assert "could not upgrade the store" in log and "Traceback" not in log, log
+    assert "could not upgrade the store" in log and "locked" in log, log
+    assert "left at version 0" in log and "Traceback" not in log, log
     assert store.read_bytes() == before and user_version(store) == 0
     agent.start()
     agent.wait_status(lambda s: s["store"].get("schema_version") == SCHEMA_VERSION, 20, "up")
     assert agent.terminate() == 0
     assert user_version(store) == SCHEMA_VERSION
+
+
+# Run inside a mount namespace of its own (unshare -m): a tmpfs for the store, the fixture in
+# it, the rest of the tmpfs filled but `room` bytes, then the agent; its files copied out.
+SMALL_DISK = """\
+import os, shutil, subprocess, sys
+disk, fixture, out, room = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", disk], check=True)
+shutil.copyfile(fixture, os.path.join(disk, "outbox.db"))
+st = os.statvfs(disk)
+with open(os.path.join(disk, "filler"), "wb") as f:
+    f.write(bytes(st.f_bavail * st.f_frsize - room))
+code = subprocess.run(sys.argv[5:]).returncode
+for name in os.listdir(disk):
+    if name.startswith("outbox.db"):
+        shutil.copyfile(os.path.join(disk, name), os.path.join(out, name))
+sys.exit(code)
+"""
+
+
+def test_a_migration_that_fails_midway_on_a_full_disk_is_rolled_back(broker, make_agent):
+    """The store on a full tmpfs (its own mount namespace): no room for the backup (the
+    migration goes on without it) and none for the migration's WAL: its COMMIT fails after
+    the ALTER and the UPDATE ran. The agent exits 2 saying so; the store is 0.1.0's, byte
+    for byte, at version 0; it is not moved aside as damaged."""
+    unshare = shutil.which("unshare") or pytest.fail(
+        "unshare is missing: apt-get install util-linux"
+    )
+    agent = make_agent(broker.url, env_device(rate=2), start=False)
+    disk, out = agent.dir / "small-disk", agent.dir / "out"
+    disk.mkdir()
+    out.mkdir()
+    text = agent.config.read_text().replace('path = "outbox.db"', 'path = "small-disk/outbox.db"')
+    agent.config.write_text(text.replace("[agent]\n", '[agent]\nstatus_file = "status.json"\n'))
+    script = agent.dir / "small_disk.py"
+    script.write_text(SMALL_DISK)
+    ns = [unshare, "-m"] if os.geteuid() == 0 else [unshare, "-r", "-m"]
+    # 40 KiB: the -shm (32 KiB) fits, the migration's WAL frames do not.
+    wrapper = [*ns, sys.executable, str(script), str(disk), str(FIXTURE), str(out), str(40 << 10)]
+    agent.start(wrapper=wrapper)
+    assert exit_code(agent) == 2, agent.log_text()
+    log = agent.log_text()
+    assert "could not upgrade the store" in log and "full" in log, log
+    # Midway: the ALTER TABLE and the UPDATE ran; writing them out failed.
+    assert "(at COMMIT)" in log and "left at version 0" in log and "Traceback" not in log, log
+    assert "no room for a backup" in log
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if "damaged" in n], names
+    assert (out / "outbox.db").read_bytes() == FIXTURE.read_bytes()
