@@ -192,6 +192,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"store:    ERROR {s['last_error']}")
     if doc.get("last_reload_error"):
         print("reload:   the last SIGHUP was refused; the old config is running")
+    page = doc.get("status_page") or {}
+    if page.get("url"):
+        print(
+            f"page:     {page['url']}"
+            if page.get("listening")
+            else f"page:     NOT SERVED: {page.get('error')}"
+        )
     cards = doc.get("cards") or {}
     if cards.get("reads") or cards.get("card_id") == "raw":
         how = (
@@ -321,6 +328,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     m = config.mqtt
     origin = _origin(config)
+    if args.local:
+        return _tail_local(args, config, origin)
     client = _client_for(config, "tail")
     seen = 0
     refused: list[str] = []
@@ -351,6 +360,31 @@ def cmd_tail(args: argparse.Namespace) -> int:
     client.on_message = on_message
     failed = _serve(client, config, interrupted=0)
     return failed if failed is not None else (1 if refused else 0)
+
+
+def _tail_local(args: argparse.Namespace, config: SiteConfig, origin: Origin) -> int:
+    """tail --local: the same lines, read from the running agent's page server."""
+    from agent.cli_local import tail_local
+    from agent.runtime import status_path
+
+    try:
+        page_error = orjson.loads(status_path(config).read_bytes())["status_page"]["error"]
+    except (OSError, ValueError, KeyError, TypeError):
+        page_error = None
+
+    def line_of(topic: str, payload: bytes) -> str:
+        text = (
+            f"{topic} {payload.decode()}" if args.raw else describe(topic, payload, origin.prefix)
+        )
+        return printable(text)
+
+    return tail_local(
+        config,
+        wanted=lambda t: not args.kind or topic_level(t, origin.prefix) == args.kind,
+        line_of=line_of,
+        count=args.count,
+        page_error=page_error,
+    )
 
 
 def _profile_problems(path: Path) -> tuple[Profile | None, list[str]]:
@@ -526,6 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=0, help="exit after this many messages")
     p.add_argument("--kind", help="only this kind (telemetry, alarm, access, state, audit)")
     p.add_argument("--raw", action="store_true", help="print topic and JSON payload")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="read the running agent's own stream (its status page), not the broker",
+    )
     p.set_defaults(fn=cmd_tail)
     p = add("doctor", "check this gateway: config, store, disk, ports, broker, clock, unit")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
