@@ -272,6 +272,7 @@ class StatusPage:
                 "X-Content-Type-Options": "nosniff",
             }
         )
+        response.force_close()  # a stream: the connection ends with it
         try:
             await response.prepare(request)
             await response.write(b"\n")  # the stream is open: the client may say so

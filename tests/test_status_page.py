@@ -108,9 +108,7 @@ def test_the_page_shows_the_devices_and_a_device_going_offline_within_its_refres
     browser: Chromium | None = None
     try:
         sub = subscribers(broker)
-        agent = make_agent(
-            broker.url, modbus_devices(sim), status_page=f'refresh = "{REFRESH:g}s"'
-        )
+        agent = make_agent(broker.url, modbus_devices(sim), status_page=f'refresh = "{REFRESH:g}s"')
         page_up(agent)
         wait_for(
             lambda: [e for e in sub.events("telemetry") if e["device"] == "a101-climate"],
@@ -136,7 +134,7 @@ def test_the_page_shows_the_devices_and_a_device_going_offline_within_its_refres
                     assert await badge(tab, "a101-climate") == "online"
                     # Its last values, as the profile names and units them.
                     cell = (
-                        "document.querySelector('#devices li[data-device=\"a101-climate\"] "
+                        'document.querySelector(\'#devices li[data-device="a101-climate"] '
                         "tr[data-point=\"temperature\"] td.v')?.textContent ?? ''"
                     )
                     shown = await eventually(lambda: tab.js(cell), 10, "the temperature")
@@ -191,7 +189,7 @@ def test_the_page_shows_the_devices_and_a_device_going_offline_within_its_refres
                     assert await badge(tab, "a101-climate") == "OFFLINE"
                     assert await device_state(tab, "north-fence") == "true"
                     reason = await tab.js(
-                        "document.querySelector('#devices li[data-device=\"a101-climate\"]"
+                        'document.querySelector(\'#devices li[data-device="a101-climate"]'
                         " .reason')?.textContent ?? ''"
                     )
                     assert reason.startswith("reason: "), reason
@@ -218,9 +216,7 @@ def test_the_page_shows_the_devices_and_a_device_going_offline_within_its_refres
         sim.stop()
 
 
-def test_labels_follow_the_browser_language_the_toggle_and_lang(
-    tmp_path, broker, make_agent
-):
+def test_labels_follow_the_browser_language_the_toggle_and_lang(tmp_path, broker, make_agent):
     agent = make_agent(
         broker.url, fence_device(alarm_every="0s"), status_page=f'refresh = "{REFRESH:g}s"'
     )
