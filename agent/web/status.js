@@ -86,10 +86,11 @@
   }
 
   function bytes(n) {
+    // Binary units, as [store] max_size is written ("512MiB").
     if (!isFinite(n)) return t("none");
-    if (n < 1e6) return (n / 1e3).toFixed(0) + " kB";
-    if (n < 1e9) return (n / 1e6).toFixed(1) + " MB";
-    return (n / 1e9).toFixed(2) + " GB";
+    if (n < 1048576) return (n / 1024).toFixed(0) + " KiB";
+    if (n < 1073741824) return (n / 1048576).toFixed(n < 10485760 ? 1 : 0) + " MiB";
+    return (n / 1073741824).toFixed(2) + " GiB";
   }
 
   function value(v) {
