@@ -75,10 +75,6 @@ max_size = "{max_size}"
 [commands]
 allow = {allow}
 
-[status_page]
-port = {status_port}
-{status_page}
-
 [[buses]]
 id = "sim"
 driver = "synthetic"
@@ -117,13 +113,12 @@ def make_agent(
                 mqtt_extra=mqtt_extra,
                 max_size=max_size,
                 allow=allow,
-                status_port=a.status_port,
-                status_page=status_page,
             )
             + "\n"
             + textwrap.dedent(devices)
             + "\n"
             + extra
+            + f"\n[status_page]\nport = {a.status_port}\n{status_page}\n"
         )
         made.append(a)
         if start:
