@@ -23,6 +23,8 @@ import orjson
 from agent.contract import Kind, NewEvent
 from agent.store import Row
 
+log = logging.getLogger(__name__)
+
 RECENT_ERRORS = 20
 QUEUE_SIZE = 2_000  # events a local tail may be behind before it is dropped
 MAX_CLIENTS = 8
@@ -83,20 +85,26 @@ class LiveView:
         self.tails: set[Tail] = set()
         self.tails_dropped = 0
         self.tails_served = 0
+        self.failures = 0
 
     # ---- the hot path -----------------------------------------------------------------
 
     def committed(self, events: Sequence[NewEvent], rows: Sequence[Row]) -> None:
         """The store committed these events (rows: their seq, topic and payload)."""
         last, alarms = self.last, self.alarms
-        for ev in events:
-            kind = ev.kind
-            if kind is Kind.TELEMETRY or kind is Kind.STATE:
-                last[(ev.device, kind)] = ev
-            elif kind is Kind.ALARM:
-                alarms[(ev.device, ev.body.get("alarm", ""))] = ev
-        if self.tails:
-            self._fan_out(rows)
+        try:
+            for ev in events:
+                kind = ev.kind
+                if kind is Kind.TELEMETRY or kind is Kind.STATE:
+                    last[(ev.device, kind)] = ev
+                elif kind is Kind.ALARM:
+                    alarms[(ev.device, ev.body.get("alarm", ""))] = ev
+            if self.tails:
+                self._fan_out(rows)
+        except Exception:  # the page must never stop the store's commits
+            self.failures += 1
+            if self.failures == 1:
+                log.exception("status page: the live view failed; the agent runs on")
 
     def _fan_out(self, rows: Sequence[Row]) -> None:
         lines = [b'{"topic":' + orjson.dumps(r[3]) + b',"payload":' + r[4] + b"}\n" for r in rows]
@@ -187,4 +195,5 @@ class LiveView:
             "tail_clients": len(self.tails),
             "tails_served": self.tails_served,
             "tails_dropped": self.tails_dropped,
+            "failures": self.failures,
         }

@@ -90,6 +90,27 @@ def test_tail_local_says_when_the_agent_is_not_running_or_the_page_is_off(broker
     assert run.stdout == ""
 
 
+def test_the_agent_stopping_ends_a_local_tail_and_waits_for_nothing(broker, make_agent):
+    agent = make_agent(broker.url, env_device(rate=5))
+    agent.wait_status(lambda s: s["broker"]["connected"], 15, "connection")
+    cmd = [sys.executable, "-m", "agent.cli", "tail", "--local", "--config", str(agent.config)]
+    follower = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        agent.wait_status(lambda s: s["status_page"]["tail_clients"] == 1, 15, "the tail connected")
+        assert agent.terminate(timeout=15) == 0
+        out, err = follower.communicate(timeout=15)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 1
+    assert "the agent ended the stream (it is stopping)" in err
+    assert out.count("telemetry env/a101-env") >= 1
+    assert "the agent runs on" not in agent.log_text()
+
+
 def test_a_client_that_does_not_read_is_dropped_and_counted_and_the_agent_goes_on(
     broker, subscribers, make_agent
 ):
