@@ -216,7 +216,12 @@ def test_the_page_shows_the_devices_and_a_device_going_offline_within_its_refres
         sim.stop()
 
 
-def test_labels_follow_the_browser_language_the_toggle_and_lang(tmp_path, broker, make_agent):
+def test_labels_follow_the_browser_language_the_toggle_and_lang_and_it_fits_a_phone(
+    tmp_path, broker, make_agent
+):
+    columns = (
+        "getComputedStyle(document.querySelector('main')).gridTemplateColumns.split(' ').length"
+    )
     agent = make_agent(
         broker.url, fence_device(alarm_every="0s"), status_page=f'refresh = "{REFRESH:g}s"'
     )
@@ -264,6 +269,17 @@ def test_labels_follow_the_browser_language_the_toggle_and_lang(tmp_path, broker
                 )
                 assert await badge(tab, "north-fence") == "在线"
                 assert await tab.js("document.getElementById('lang').textContent") == "English"
+                # A phone: one column, nothing wider than the screen.
+                assert await tab.js(columns) == 3
+                await tab.send(
+                    "Emulation.setDeviceMetricsOverride",
+                    width=390,
+                    height=844,
+                    deviceScaleFactor=2,
+                    mobile=True,
+                )
+                await eventually(lambda: tab.js(f"{columns} === 1"), 5, "one column")
+                assert await tab.js("document.documentElement.scrollWidth") <= 390
                 assert tab.problems() == []
             finally:
                 await tab.close()
