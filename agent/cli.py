@@ -329,7 +329,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
     m = config.mqtt
     origin = _origin(config)
     if args.local:
-        return _tail_local(args, config, origin)
+        from agent.cli_local import tail_local
+
+        return tail_local(args, config, describe=describe, printable=printable)
     client = _client_for(config, "tail")
     seen = 0
     refused: list[str] = []
@@ -360,31 +362,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
     client.on_message = on_message
     failed = _serve(client, config, interrupted=0)
     return failed if failed is not None else (1 if refused else 0)
-
-
-def _tail_local(args: argparse.Namespace, config: SiteConfig, origin: Origin) -> int:
-    """tail --local: the same lines, read from the running agent's page server."""
-    from agent.cli_local import tail_local
-    from agent.runtime import status_path
-
-    try:
-        page_error = orjson.loads(status_path(config).read_bytes())["status_page"]["error"]
-    except (OSError, ValueError, KeyError, TypeError):
-        page_error = None
-
-    def line_of(topic: str, payload: bytes) -> str:
-        text = (
-            f"{topic} {payload.decode()}" if args.raw else describe(topic, payload, origin.prefix)
-        )
-        return printable(text)
-
-    return tail_local(
-        config,
-        wanted=lambda t: not args.kind or topic_level(t, origin.prefix) == args.kind,
-        line_of=line_of,
-        count=args.count,
-        page_error=page_error,
-    )
 
 
 def _profile_problems(path: Path) -> tuple[Profile | None, list[str]]:

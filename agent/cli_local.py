@@ -8,18 +8,22 @@ exactly like a broker tail. It never writes to the agent.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from agent.config import SiteConfig
+from agent.contract import topic_level
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_NOT_RUNNING = 3
+STATUS_FRESH = 10.0  # s: the running agent rewrites its status file every second
 READ_TIMEOUT = 60.0  # the agent writes an empty line every 15 s on a quiet stream
 
 
@@ -33,16 +37,49 @@ def _say(text: str) -> None:
 
 
 def tail_local(
+    args: argparse.Namespace,
+    config: SiteConfig,
+    *,
+    describe: Callable[[str, bytes, str], str],
+    printable: Callable[[str], str],
+) -> int:
+    """`tail --local` (args: count, kind, raw): print each event the agent commits, as
+    `campus-agent tail` prints it from the broker, until `count` are printed (0: until
+    stopped); the exit code."""
+    prefix = config.agent.topic_prefix
+
+    def line_of(topic: str, payload: bytes) -> str:
+        text = f"{topic} {payload.decode()}" if args.raw else describe(topic, payload, prefix)
+        return printable(text)
+
+    def wanted(topic: str) -> bool:
+        return not args.kind or topic_level(topic, prefix) == args.kind
+
+    return _tail(config, wanted=wanted, line_of=line_of, count=args.count)
+
+
+def _page_error(config: SiteConfig) -> str | None:
+    """Why the running agent says it does not serve its page, from its status file (which
+    it rewrites every second: an older one is not the running agent's)."""
+    path = config.agent.status_file  # load_config always sets it
+    if path is None:
+        return None
+    try:
+        doc = orjson.loads(path.read_bytes())
+        fresh = time.time() - float(doc["written"]) < STATUS_FRESH and doc["pid"]
+        error = doc["status_page"]["error"] if fresh else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(error) if error else None
+
+
+def _tail(
     config: SiteConfig,
     *,
     wanted: Callable[[str], bool],
     line_of: Callable[[str, bytes], str],
     count: int,
-    page_error: str | None,
 ) -> int:
-    """Print each event the agent commits (as `line_of(topic, payload)`) until `count` are
-    printed (0: until stopped); the exit code. `page_error`: why the running agent says it
-    does not serve its page (from its status file), if it does."""
     page = config.status_page
     if not page.enabled:
         _say(
@@ -50,6 +87,11 @@ def tail_local(
             "enable it, or use `campus-agent tail` (through the broker)"
         )
         return EXIT_CONFIG
+    page_error = _page_error(config)
+    if page_error:
+        # Something else holds the port: asking it would only hang or mislead.
+        _say(f"the agent runs but does not serve its page: {page_error}")
+        return EXIT_NOT_RUNNING
     host = _connect_host(page.bind)
     shown = f"http://{f'[{host}]' if ':' in host else host}:{page.port}/api/events"
     headers = {"Accept": "application/x-ndjson"}
@@ -61,13 +103,10 @@ def tail_local(
             conn.request("GET", "/api/events", headers=headers)
             reply = conn.getresponse()
         except OSError as e:
-            if page_error:
-                _say(f"the agent runs but does not serve its page: {page_error}")
-            else:
-                _say(
-                    f"the agent is not running, or not with this config (nothing answers at "
-                    f"{shown}: {e.strerror or e}); see `systemctl status campus-agent`"
-                )
+            _say(
+                f"the agent is not running, or not with this config (nothing answers at "
+                f"{shown}: {e.strerror or e}); see `systemctl status campus-agent`"
+            )
             return EXIT_NOT_RUNNING
         if reply.status != 200:
             why = {

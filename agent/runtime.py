@@ -478,11 +478,11 @@ class Agent:
             raise ConfigError([Problem(str(self.config.path), "store.path", str(e))]) from None
         if self.store.stats.recovered:
             self._status_dirty = True
+        await self._start_page()  # before the drivers: nothing else logs while it starts
         for b in self.config.buses:
             self._start_bus(b)
         for d in self.config.devices:
             self.devices.setdefault(d.id, DeviceState())
-        await self._start_page()
         core = [
             asyncio.create_task(self.store.run(), name="store.commit"),
             asyncio.create_task(self.publisher.run(), name="publisher"),
@@ -500,12 +500,13 @@ class Agent:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         log.info(
-            "agent started: version=%s school=%s gateway=%s devices=%d store=%s",
+            "agent started: version=%s school=%s gateway=%s devices=%d store=%s page=%s",
             __version__,
             self.config.agent.school,
             self.config.agent.gateway,
             len(self.config.devices),
             self.config.store.path,
+            self.page.shown() if self.page else "off",
         )
         _sd_notify(b"READY=1")
         stopper = asyncio.create_task(self._stop.wait())

@@ -157,8 +157,10 @@ class StatusPage:
             log.error("status page not served: %s; the agent runs on without it", self.error)
             return
         self.listening = True
-        access = "token required" if self.token else "no token (loopback only)"
-        log.info("status page: %s (%s)", self.url, access)
+
+    def shown(self) -> str:
+        """For the start-up line: where the page is, or that it is not served."""
+        return self.url if self.listening else "not-served"
 
     async def stop(self) -> None:
         self.live.end_all()

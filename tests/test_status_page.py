@@ -377,4 +377,15 @@ def test_a_port_already_taken_is_an_error_in_the_log_and_status_and_the_agent_ru
         )
         assert shown.returncode == 0, shown.stderr
         assert f"page:     NOT SERVED: cannot listen on 127.0.0.1:{port}" in shown.stdout
+        # tail --local does not ask whatever holds the port: it says why there is no page.
+        tail = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "tail", "--local", "--config", str(agent.config)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=30,
+            check=False,
+        )
+        assert tail.returncode == 3
+        assert "the agent runs but does not serve its page: cannot listen on" in tail.stderr
         assert agent.terminate() == 0
