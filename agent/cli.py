@@ -198,6 +198,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"store:    ERROR {s['last_error']}")
     if doc.get("last_reload_error"):
         print("reload:   the last SIGHUP was refused; the old config is running")
+    page = doc.get("status_page") or {}
+    if page.get("url"):
+        print(
+            f"page:     {page['url']}"
+            if page.get("listening")
+            else f"page:     NOT SERVED: {page.get('error')}"
+        )
     cards = doc.get("cards") or {}
     if cards.get("reads") or cards.get("card_id") == "raw":
         how = (
@@ -327,6 +334,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     m = config.mqtt
     origin = _origin(config)
+    if args.local:
+        from agent.cli_local import tail_local
+
+        return tail_local(args, config, describe=describe, printable=printable)
     client = _client_for(config, "tail")
     seen = 0
     refused: list[str] = []
@@ -532,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=0, help="exit after this many messages")
     p.add_argument("--kind", help="only this kind (telemetry, alarm, access, state, audit)")
     p.add_argument("--raw", action="store_true", help="print topic and JSON payload")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="read the running agent's own stream (its status page), not the broker",
+    )
     p.set_defaults(fn=cmd_tail)
     p = add("doctor", "check this gateway: config, store, disk, ports, broker, clock, unit")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")

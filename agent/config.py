@@ -30,6 +30,7 @@ from agent.config_sections import (
     AlarmsSection,
     CommandsSection,
     PrivacySection,
+    StatusPageSection,
 )
 from agent.contract import TOPIC_ROOT
 from agent.driver import Driver
@@ -230,6 +231,7 @@ class _Site(_Strict):
     privacy: PrivacySection = PrivacySection()
     commands: CommandsSection = CommandsSection()
     alarms: AlarmsSection = AlarmsSection()
+    status_page: StatusPageSection = StatusPageSection()
     profile_dirs: list[Path] = Field(default_factory=list)
     buses: list[_BusBase] = Field(default_factory=list)
     devices: list[_DeviceBase] = Field(default_factory=list)
@@ -260,6 +262,8 @@ class SiteConfig:
     devices: tuple[BoundDevice, ...]
     alarms: AlarmsSection = field(default_factory=AlarmsSection)
     card_key: CardKey | None = None
+    status_page: StatusPageSection = field(default_factory=StatusPageSection)
+    status_token: str | None = field(default=None, repr=False)  # never logged
     # What `check` prints (and `run` logs) as a warning: allowed, but worth a second look.
     warnings: tuple[Problem, ...] = ()
 
@@ -391,6 +395,10 @@ def load_config(path: Path | str) -> SiteConfig:
     c = _Checker(path, shown)
     base = path.parent
     c.check_files(site.mqtt, site.privacy, base)
+    page = site.status_page
+    if page.token_file is not None:
+        page = page.model_copy(update={"token_file": resolve_path(base, page.token_file)})
+    status_token = c.read_token("status_page.token_file", page.token_file)
     dirs = [resolve_path(base, d) for d in site.profile_dirs]
 
     buses: list[BusSpec] = []
@@ -526,6 +534,8 @@ def load_config(path: Path | str) -> SiteConfig:
         card_key=card_key,
         commands=site.commands,
         alarms=site.alarms,
+        status_page=page,
+        status_token=status_token,
         buses=tuple(buses),
         devices=tuple(devices),
         warnings=tuple(c.warnings),

@@ -72,6 +72,26 @@ class FileChecks:
         ):
             self.add("privacy.card_key_file", f"file {str(pk.card_key_file)!r} does not exist")
 
+    def read_token(self, entry: str, path: Path | None) -> str | None:
+        """A bearer token from its file (a secret: not readable by every user), or None."""
+        if path is None:
+            return None
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            self.add(entry, f"cannot read {str(path)!r}: {why}")
+            return None
+        self.check_secret(entry, path)
+        if len(token) < 16 or not token.isprintable() or " " in token:
+            self.add(
+                entry,
+                f"{str(path)!r} must hold one token of at least 16 printable characters, "
+                "no spaces (e.g. `head -c 24 /dev/urandom | base64 > FILE`)",
+            )
+            return None
+        return token
+
     def check_plaintext(self, m: MqttSection) -> None:
         """A password over mqtt:// crosses the network readable by anyone on the path."""
         if m.address.tls or (m.password_file is None and m.password_env is None):

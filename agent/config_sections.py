@@ -1,10 +1,12 @@
-"""The config sections about commands, alarms and card privacy (agent/config.py has the rest).
+"""The config sections about commands, alarms, card privacy and the local status page
+(agent/config.py has the rest).
 
 Every value has a range with the reason a user reads when it is refused.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -47,6 +49,8 @@ _STORM_BURST = number_range(1, 100_000, "alarm edges at once, e.g. every zone to
 _STORM_REPORT = duration_range(
     1.0, 10 * MINUTE, "a storming device's latest edges go out this often"
 )
+
+_PAGE_REFRESH = duration_range(1.0, 10 * MINUTE, "the page asks for the status this often")
 
 # A device read more often spins the CPU; less often than daily it looks dead.
 
@@ -136,3 +140,40 @@ class AlarmsSection(_Strict):
     storm_rate: Annotated[float, _STORM_RATE] = 20.0
     storm_burst: Annotated[int, _STORM_BURST] = 40
     storm_report: Annotated[Duration, _STORM_REPORT] = 10.0
+
+
+class StatusPageSection(_Strict):
+    """The local status page and `tail --local` (agent/status_page.py, docs/status-page.md)."""
+
+    enabled: bool = True
+    # An IP address: 127.0.0.1 (this machine only), 0.0.0.0 / :: (every interface), or one
+    # interface's own address. Anything but loopback needs token_file.
+    bind: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=1, le=65535)
+    refresh: Annotated[Duration, _PAGE_REFRESH] = 5.0
+    token_file: Path | None = None
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(
+                f"{v[:60]!r} is not an IP address: give '127.0.0.1' (this machine only), "
+                "'0.0.0.0' (every IPv4 interface), '::' or one interface's address"
+            ) from None
+        return v
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.bind).is_loopback
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> StatusPageSection:
+        if self.enabled and not self.loopback and self.token_file is None:
+            raise ValueError(
+                f"bind = {self.bind!r} can be reached from the network: set token_file (a file "
+                "holding a long random token, mode 600) or bind = '127.0.0.1'"
+            )
+        return self

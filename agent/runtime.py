@@ -37,6 +37,8 @@ from agent.errors import ActionError, ConfigError, Problem, StoreError
 from agent.points import DevicePoints, StormLimit
 from agent.publisher import Publisher
 from agent.sample import BoundDevice, BusSpec, Quality, Sample, Value
+from agent.status_live import LiveView
+from agent.status_page import StatusPage, page_status
 from agent.store import Store
 from agent.store_schema import EXIT_STORE_TOO_NEW, StoreTooNewError
 
@@ -129,6 +131,9 @@ class Agent:
             audit_keep=config.store.audit_keep,
             clock=ClockState("auto"),
         )
+        self.live = LiveView()  # the status page's last values, alarms, errors, tails
+        self.store.on_commit = self.live.committed
+        self.page: StatusPage | None = None
         self.router = CommandRouter(
             config,
             act=self._act,
@@ -303,7 +308,7 @@ class Agent:
             self.last_reload_error = str(e)
             log.error("config reload refused, keeping the running config:\n%s", e)
             return False
-        for section in ("agent", "mqtt", "store", "privacy"):
+        for section in ("agent", "mqtt", "store", "privacy", "status_page"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("config reload: [%s] changed; restart the agent to apply it", section)
         # Those sections keep running as they are until a restart; show what runs.
@@ -314,6 +319,8 @@ class Agent:
             store=self.config.store,
             privacy=self.config.privacy,
             card_key=self.config.card_key,
+            status_page=self.config.status_page,
+            status_token=self.config.status_token,
         )
         old_buses = {b.id: b for b in self.config.buses}
         new_buses = {b.id: b for b in new.buses}
@@ -328,6 +335,7 @@ class Agent:
             ):
                 await self._stop_bus(bus_id)
         live = {d.id for d in new.devices}
+        self.live.forget(live)
         for dev in list(self.devices):
             if dev not in live:
                 del self.devices[dev]
@@ -367,6 +375,11 @@ class Agent:
         )
 
     _oldest_age: float | None = None
+
+    @property
+    def oldest_age(self) -> float | None:
+        """The age of the oldest unsent event (s), as of the last status round."""
+        return self._oldest_age
 
     def local_status(self) -> dict[str, Any]:
         """Everything `campus-agent status` shows."""
@@ -418,6 +431,7 @@ class Agent:
                 },
                 "reloads": self.reloads,
                 "last_reload_error": self.last_reload_error,
+                "status_page": self.page.status() if self.page else {"enabled": False},
             }
         )
         return doc
@@ -471,6 +485,7 @@ class Agent:
             raise ConfigError([Problem(str(self.config.path), "store.path", str(e))]) from None
         if self.store.stats.recovered:
             self._status_dirty = True
+        await self._start_page()  # before the drivers: nothing else logs while it starts
         for b in self.config.buses:
             self._start_bus(b)
         for d in self.config.devices:
@@ -492,12 +507,13 @@ class Agent:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         log.info(
-            "agent started: version=%s school=%s gateway=%s devices=%d store=%s",
+            "agent started: version=%s school=%s gateway=%s devices=%d store=%s page=%s",
             __version__,
             self.config.agent.school,
             self.config.agent.gateway,
             len(self.config.devices),
             self.config.store.path,
+            self.page.shown() if self.page else "off",
         )
         _sd_notify(b"READY=1")
         stopper = asyncio.create_task(self._stop.wait())
@@ -510,6 +526,18 @@ class Agent:
                 log.error("core task %s failed: %r", t.get_name(), t.exception())
                 return 1
         return 0
+
+    async def _start_page(self) -> None:
+        """The local status page, when enabled; a failure to listen is logged, not fatal."""
+        section = self.config.status_page
+        if not section.enabled:
+            return
+        logging.getLogger().addHandler(self.live.errors)
+        refresh = section.refresh
+        self.page = StatusPage(
+            section, self.config.status_token, self.live, lambda: page_status(self, refresh)
+        )
+        await self.page.start()
 
     async def _shutdown(self, core: list[asyncio.Task[Any]]) -> None:
         log.info("stopping: draining in-flight events")
@@ -525,6 +553,9 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.store.commit_now()
         await self.publisher.stop()
+        if self.page is not None:
+            await self.page.stop()
+            logging.getLogger().removeHandler(self.live.errors)
         for t in core:
             t.cancel()
         for t in core:

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ MAX_BATCH = 2_000  # events per transaction: bounds how long one commit holds th
 HIGH_WATER = 20_000  # a producer waits for a commit above this many queued events
 ACK_DELAY = 0.25  # acknowledged events alone wait this long to be deleted (with new inserts)
 GROUP = 8  # telemetry committed without waiting longer once this many events are queued
+# What a commit inserts: seq, prio, created, topic, payload, retain.
+Row = tuple[int, int, float, str, bytes, int]
 # The next seq survives in the rows themselves (max(seq) + 1 at start-up) until rows are
 # deleted: every transaction that deletes rows writes it down (SET_NEXT_SEQ).
 
@@ -139,6 +141,9 @@ class Store(RoomKeeping):
         self._last_evict_log = -1e9
         self.reserve = path.with_name(path.name + ".reserve")
         self.reserve_size = min(4 << 20, max(256 << 10, max_size // 32))
+        # Told each committed batch (the status page's live view, agent/status_live.py); it
+        # runs in the commit, so it must be quick and must not raise.
+        self.on_commit: Callable[[Sequence[NewEvent], Sequence[Row]], None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -300,7 +305,7 @@ class Store(RoomKeeping):
         acks, self._acks = self._acks, []
         parks, self._parks = self._parks, []
         seq = self._next_seq
-        rows = []
+        rows: list[Row] = []
         now = time.time()
         top = LAST_RANK
         by_prio = [0] * len(Priority)
@@ -368,6 +373,8 @@ class Store(RoomKeeping):
         if rows:
             self.min_new_rank = min(self.min_new_rank, top)
             self.new_data.set()
+            if self.on_commit is not None:
+                self.on_commit(batch, rows)
         self._added_bytes += sum(len(r[4]) + 64 for r in rows)
         if (
             self._added_bytes > self.max_size // 32

@@ -20,6 +20,7 @@ import pytest
 from tests.harness import process
 from tests.harness.agent import AgentProcess
 from tests.harness.broker import Broker
+from tests.harness.ports import free_port
 from tests.harness.subscriber import Subscriber
 from tests.harness.tls import Pki, make_pki
 
@@ -85,7 +86,9 @@ def make_agent(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., AgentProcess]]:
     """make(broker_url, devices, ...): an agent on BASE_CONFIG + devices, started unless
-    start=False; SIGKILLed after the test, its log shown if the test failed."""
+    start=False; SIGKILLed after the test, its log shown if the test failed. Its status
+    page listens on a free port (`agent.status_port`); `status_page` adds keys to that
+    section."""
     made: list[AgentProcess] = []
 
     def make(
@@ -97,10 +100,12 @@ def make_agent(
         max_size: str = "64MiB",
         allow: str = '["fence.arm", "fence.disarm", "fence.fail"]',
         extra: str = "",
+        status_page: str = "",
         name: str = "agent",
         start: bool = True,
     ) -> AgentProcess:
         a = AgentProcess(tmp_path / name)
+        a.status_port = free_port()  # agents side by side each get their own page
         a.write_config(
             BASE_CONFIG.format(
                 url=broker_url,
@@ -113,6 +118,7 @@ def make_agent(
             + textwrap.dedent(devices)
             + "\n"
             + extra
+            + f"\n[status_page]\nport = {a.status_port}\n{status_page}\n"
         )
         made.append(a)
         if start:

@@ -65,6 +65,7 @@ class AgentProcess(ChildProcess):
         self.store = folder / "outbox.db"
         self.status_path = folder / "outbox.db.status.json"
         self.log_level = log_level
+        self.status_port: int | None = None  # its [status_page] port, when the test set one
 
     def write_config(self, text: str) -> Path:
         self.config.write_text(text, encoding="utf-8")
