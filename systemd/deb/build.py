@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,6 +42,13 @@ EXTRAS = "ble,osdp"
 # (bluetooth-auto-recovery needs PyRIC). The build fails if one of them is not pure.
 SDIST_ONLY = ("PyRIC",)
 PREFIX = "/opt/campus-agent"
+NOT_IN_WHEEL = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+                ".hypothesis", "demo-run", "tests", "bench")  # fmt: skip
+# The virtualenv postinst makes is no file of the package but takes room in /opt: Installed-
+# Size counts the unpacked wheels of the Python version that takes most, half as much again
+# for the bytecode pip compiles, and the pip and setuptools `python3 -m venv` puts in.
+BYTECODE_FACTOR = 1.5
+VENV_BASE_KIB = 20 * 1024
 MAINTAINER = "Campus edge agent maintainers <campus-agent@invalid>"
 
 
@@ -48,8 +56,8 @@ class BuildError(Exception):
     """A step failed; the message says which and why."""
 
 
-def run(cmd: list[str], **kw: object) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+def run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip().splitlines()[-25:]
         raise BuildError(f"{' '.join(cmd[:4])} ... failed ({done.returncode}):\n" + "\n".join(tail))
@@ -88,7 +96,7 @@ def platforms(machine: str) -> list[str]:
 
 def wheel_platforms(name: str) -> list[str]:
     """The platform tags of a wheel file name (a.b.c compressed tags split)."""
-    return name[: -len(".whl")].split("-")[-1].split(".")
+    return name[: -len(".whl")].rsplit("-", maxsplit=1)[-1].split(".")
 
 
 def glibc_needed(wheels: list[Path]) -> tuple[int, int]:
@@ -124,7 +132,11 @@ def check_wheels(wheels: Path, machine: str) -> None:
 def fetch_wheels(dest: Path, machine: str, work: Path) -> None:
     """The project's wheel and its runtime dependencies' wheels for `machine`, into `dest`."""
     built = work / "built"
-    run(pip("wheel", "--no-deps", "-q", "-w", str(built), str(ROOT)))
+    # From a copy: setuptools builds in the source tree (build/, *.egg-info), and two builds
+    # at once in one tree break each other.
+    src = work / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*NOT_IN_WHEEL))
+    run(pip("wheel", "--no-deps", "-q", "-w", str(built), str(src)))
     (project,) = built.glob("campus_agent-*.whl")
     for name in SDIST_ONLY:
         run(pip("wheel", "--no-deps", "-q", "-w", str(built), pinned(name)))
@@ -157,6 +169,20 @@ def fetch_wheels(dest: Path, machine: str, work: Path) -> None:
                 if not (dest / w.name).exists():
                     shutil.move(w, dest / w.name)
     check_wheels(dest, machine)
+
+
+def venv_estimate_kib(wheels: list[Path]) -> int:
+    """The room the virtualenv will take (see BYTECODE_FACTOR), in KiB."""
+    per_version = dict.fromkeys(PYTHONS, 0)
+    for w in wheels:
+        python_tag, abi = w.name[: -len(".whl")].split("-")[-3:-1]
+        unpacked = sum(i.file_size for i in zipfile.ZipFile(w).infolist()) // 1024
+        for version in PYTHONS:
+            cp = "cp" + version.replace(".", "")
+            # A cpXY wheel is for that version only; abi3 and pure wheels serve all.
+            if abi in ("none", "abi3") or python_tag == cp:
+                per_version[version] += unpacked
+    return int(max(per_version.values()) * BYTECODE_FACTOR) + VENV_BASE_KIB
 
 
 def installed_size_kib(tree: Path) -> int:
@@ -206,8 +232,10 @@ def stage(tree: Path, arch: str, version: str, wheels: Path) -> int:
     for d in [tree, *(p for p in tree.rglob("*") if p.is_dir() and not p.is_symlink())]:
         d.chmod(0o755)
 
-    size = installed_size_kib(tree)
-    libc = "%d.%d" % glibc_needed(sorted((tree / PREFIX.lstrip("/") / "wheels").glob("*.whl")))
+    shipped = sorted((tree / PREFIX.lstrip("/") / "wheels").glob("*.whl"))
+    size = installed_size_kib(tree) + venv_estimate_kib(shipped)
+    major, minor = glibc_needed(shipped)
+    libc = f"{major}.{minor}"
     debian = tree / "DEBIAN"
     debian.mkdir()
     control = f"""\
