@@ -34,6 +34,8 @@ from tests.harness.process import ROOT, read_json, stop_process
 from tests.harness.subscriber import Subscriber
 from tests.harness.waiting import wait_for
 
+pytestmark = pytest.mark.slow
+
 BUILD = ROOT / "systemd" / "deb" / "build.py"
 MIRROR = "http://deb.debian.org/debian"
 PYTHONS = ("3.11", "3.12", "3.13")
@@ -188,6 +190,10 @@ def test_the_arm64_package_holds_aarch64_or_pure_wheels_that_resolve_completely(
     for script in ("postinst", "prerm", "postrm"):
         assert os.access(control / script, os.X_OK), script
 
+    listing = subprocess.run(
+        ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert all(line.split()[1] == "root/root" for line in listing), "files not owned by root"
     wheels = tree / "opt/campus-agent/wheels"
     names = sorted(p.name for p in wheels.iterdir())
     assert names and all(n.endswith(".whl") for n in names), names
@@ -262,7 +268,8 @@ def test_the_amd64_package_installs_offline_runs_upgrades_removes_and_purges(
         )  # fmt: skip
         assert probe.returncode != 0, "unshare --net left the network reachable"
 
-        # 1. Install, offline.
+        # 1. Install, offline. A root with BlueZ has a bluetooth group: the user joins it.
+        in_root(root, "addgroup", "--system", "bluetooth", network=False)
         install = in_root(root, "dpkg", "-i", f"/tmp/{deb.name}", network=False)
         assert "Setting up campus-agent" in install.stdout
         venv = root / "opt/campus-agent/venv"
@@ -274,6 +281,7 @@ def test_the_amd64_package_installs_offline_runs_upgrades_removes_and_purges(
         user = ids(root, "campus-agent")
         assert user, "no campus-agent user"
         assert "campus-agent" in (group_members(root, "dialout") or [])
+        assert "campus-agent" in (group_members(root, "bluetooth") or [])
         state = root / "var/lib/campus-agent"
         st = state.stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (*user, 0o750)
@@ -387,6 +395,7 @@ def test_the_amd64_package_installs_offline_runs_upgrades_removes_and_purges(
         assert ids(root, "campus-agent") is None
         assert group_members(root, "campus-agent") is None
         assert "campus-agent" not in (group_members(root, "dialout") or [])
+        assert "campus-agent" not in (group_members(root, "bluetooth") or [])
         assert in_root(root, "dpkg-query", "-W", "campus-agent", check=False).returncode != 0
     finally:
         stop_process(agent)
