@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -69,17 +70,41 @@ def debootstrap_started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
     base = tmp_path_factory.mktemp("chroot")
     root = base / "bookworm"
     log = (base / "debootstrap.log").open("wb")
+    # Its own process group: a teardown while it runs stops its children too.
     proc = subprocess.Popen(
         [binary, "--variant=minbase", "--include=python3,python3-venv,adduser",
          "bookworm", str(root), MIRROR],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
         yield proc, root
     finally:
-        stop_process(proc)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
         log.close()
-        shutil.rmtree(base, ignore_errors=True)
+        remove_root(base)
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path`, deepest first."""
+    top = str(path.resolve())
+    found = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        point = line.split()[1].replace("\\040", " ")
+        if point == top or point.startswith(top + "/"):
+            found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def remove_root(base: Path) -> None:
+    """Unmount whatever debootstrap or a test left mounted in the root (its /proc, /sys, a
+    bound /dev), then delete it; never delete through a mount that would not go."""
+    for point in mounts_under(base):
+        subprocess.run(["umount", "--lazy", point], check=False)
+    left = mounts_under(base)
+    assert not left, f"still mounted, not deleted: {left}"
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
