@@ -14,6 +14,8 @@ have socat || missing+=(socat)
 have openssl || missing+=(openssl)
 have gcc || missing+=(gcc)
 have make || missing+=(make)
+# tests/test_deb.py makes a throwaway Debian 12 root to install the package into.
+have debootstrap || missing+=(debootstrap)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # evdev (the `hid` extra, drivers/card_hid) is built from source: Python.h and linux/input.h.
 python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
