@@ -29,6 +29,7 @@ from agent.clock import ClockState
 from agent.config import SiteConfig, load_config
 from agent.errors import ConfigError
 from agent.mqtt_client import make_client, tls_context
+from agent.store_schema import SCHEMA_VERSION, WRITTEN_BY
 
 SERVICE_USER = "campus-agent"
 UNIT_NAME = "campus-agent.service"
@@ -166,7 +167,23 @@ def _store(config: SiteConfig, who: Account) -> Check:
             f"{path}: SQLite's check says {result[:200]}",
             "restart the agent: it moves the damaged file aside (kept for a post-mortem)",
         )
-    return ok("store", f"{path}: sound, schema {version}, {backlog} events waiting")
+    detail = f"{path}: sound, schema {version}, {backlog} events waiting"
+    if version > SCHEMA_VERSION:
+        wrote = WRITTEN_BY.get(version, "a newer release")
+        return fail(
+            "store",
+            f"{detail}; written by {wrote}: this release reads schema {SCHEMA_VERSION}",
+            "install that release again, or move the store aside knowingly (its events are lost)",
+        )
+    copies = sorted(path.parent.glob(f"{path.name}.v*.bak"))
+    if copies:
+        size = sum(c.stat().st_size for c in copies) / 2**20
+        return warn(
+            "store",
+            f"{detail}; the pre-upgrade copy {copies[0]} is kept ({size:.1f} MiB)",
+            "once this release runs well, delete it (it is not counted in max_size)",
+        )
+    return ok("store", detail)
 
 
 def _disk(config: SiteConfig) -> Check:

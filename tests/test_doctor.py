@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -205,3 +207,28 @@ def test_the_bluetooth_adapter_is_asked_of_bluez_when_ble_is_configured(
         assert "powered off" in checks["bluetooth ble-hall"]["detail"]
     finally:
         mock.stop()
+
+
+def test_the_store_schema_a_newer_release_wrote_fails_and_an_upgrade_copy_warns(
+    tmp_path: Path,
+) -> None:
+    from agent.store_schema import SCHEMA_VERSION, migrate
+
+    site = tmp_path / "site"
+    path = config(site, f"mqtt://127.0.0.1:{free_port()}", store=str(site / "outbox.db"))
+    store = site / "outbox.db"
+    shutil.copyfile(ROOT / "tests" / "fixtures" / "store-0.1.0.db", store)
+    _, checks, _ = doctor(path)
+    assert checks["store"]["result"] == "ok" and "schema 0, 97 events" in checks["store"]["detail"]
+
+    migrate(store, 0)  # what the agent does at its first start of this release
+    _, checks, _ = doctor(path)
+    assert checks["store"]["result"] == "warn", checks["store"]
+    assert ".v0.bak" in checks["store"]["detail"] and "delete it" in checks["store"]["fix"]
+
+    con = sqlite3.connect(store)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    code, checks, _ = doctor(path)
+    assert checks["store"]["result"] == "fail" and code == 2
+    assert f"reads schema {SCHEMA_VERSION}" in checks["store"]["detail"]
