@@ -285,8 +285,8 @@ class CommandRouter:
     ) -> CommandOutcome:
         lock = self._locks.setdefault(device.id, asyncio.Lock())
         try:
-            async with lock:  # one action at a time per device
-                data = await asyncio.wait_for(self._act(device, action, args), ACTION_TIMEOUT)
+            async with lock, asyncio.timeout(ACTION_TIMEOUT):  # one action at a time per device
+                data = await self._act(device, action, args)
         except BadArgumentError as e:
             return CommandOutcome(Code.BAD_ARGS, str(e))
         except ActionError as e:

@@ -417,7 +417,8 @@ def _bluetooth(config: SiteConfig, timeout: float) -> list[Check]:
         out: list[str | None] = []
         for bus in buses:
             try:
-                out.append(await asyncio.wait_for(adapter_problem(_adapter(bus)), timeout))
+                async with asyncio.timeout(timeout):
+                    out.append(await adapter_problem(_adapter(bus)))
             except TimeoutError:
                 out.append(f"BlueZ did not answer within {timeout:g} s")
         return out

@@ -185,10 +185,10 @@ class Publisher:
     async def _probe(self) -> bool:
         addr = self.cfg.address
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(addr.host, addr.port),
-                min(self.cfg.connect_timeout, max(self.cfg.reconnect_probe, 1.0)),
-            )
+            async with asyncio.timeout(
+                min(self.cfg.connect_timeout, max(self.cfg.reconnect_probe, 1.0))
+            ):
+                _, writer = await asyncio.open_connection(addr.host, addr.port)
         except (OSError, TimeoutError):
             return False
         writer.close()

@@ -281,7 +281,8 @@ class StatusPage:
             end = False
             while not end:
                 try:
-                    line = await asyncio.wait_for(tail.queue.get(), KEEPALIVE)
+                    async with asyncio.timeout(KEEPALIVE):
+                        line = await tail.queue.get()
                 except TimeoutError:
                     await response.write(b"\n")
                     continue

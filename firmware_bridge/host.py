@@ -333,7 +333,8 @@ class Host:
                         self.counters.resent += 1
                     self._send(message, seq=seq, retransmit=attempt > 0)
                     try:
-                        answer = await asyncio.wait_for(asyncio.shield(fut), ACK_TIMEOUT)
+                        async with asyncio.timeout(ACK_TIMEOUT):
+                            answer = await asyncio.shield(fut)
                     except TimeoutError:
                         continue
                     if isinstance(answer, Ack):
@@ -495,7 +496,8 @@ class Host:
         try:
             await self._send_reliable(message, seq)
             try:
-                return await asyncio.wait_for(fut, RESULT_TIMEOUT)
+                async with asyncio.timeout(RESULT_TIMEOUT):
+                    return await fut
             except TimeoutError:
                 raise LinkDownError(
                     f"no ACTION_RESULT within {RESULT_TIMEOUT:g}s (the node took the action)"
@@ -516,7 +518,8 @@ class Host:
             self._fw_reply = fut
             self._fw_seq = self._send(message)
             try:
-                answer = await asyncio.wait_for(fut, FW_REPLY_TIMEOUT)
+                async with asyncio.timeout(FW_REPLY_TIMEOUT):
+                    answer = await fut
             except TimeoutError:
                 continue
             finally:

@@ -451,7 +451,8 @@ class Node:
             ):
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), 0.1)
+                    async with asyncio.timeout(0.1):
+                        await self.wake.wait()
             msg = self.pending[0]
             seq, self.seq = self.seq, (self.seq + 1) & 0xFFFF
             is_event = isinstance(msg, Event)
@@ -466,7 +467,8 @@ class Node:
                 if is_event:
                     self.stats.event_transmissions += 1
                 try:
-                    answer = await asyncio.wait_for(self.ack, ACK_TIMEOUT)
+                    async with asyncio.timeout(ACK_TIMEOUT):
+                        answer = await self.ack
                 except TimeoutError:
                     continue
                 if isinstance(answer, Ack) and is_event and self.drop_acks > 0:

@@ -141,7 +141,8 @@ async def _transfer(
         raise FirmwareError(str(e)) from None
     await report("rebooting", len(image))
     try:
-        info = await asyncio.wait_for(booted, REBOOT_TIMEOUT)
+        async with asyncio.timeout(REBOOT_TIMEOUT):
+            info = await booted
     except TimeoutError:
         raise LinkDownError(
             f"node did not say HELLO within {REBOOT_TIMEOUT:g}s of FW_COMMIT"

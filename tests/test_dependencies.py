@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import tomllib
+from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -111,3 +112,17 @@ def test_the_suite_runs_with_the_pinned_versions():
     assert not wrong, f"installed versions differ from constraints.txt: {wrong}"
     setup = (ROOT / "tests" / "setup.sh").read_text(encoding="utf-8")
     assert "-c constraints.txt" in setup
+
+
+def test_no_asyncio_wait_for_in_the_product():
+    """In Python 3.11 asyncio.wait_for swallows a cancellation that arrives as the awaited
+    call completes (fixed in 3.12): a card reader unplugged as the agent stopped hung the
+    stop. `async with asyncio.timeout(...)` propagates it; use that."""
+    root = Path(__file__).resolve().parent.parent
+    found = [
+        str(p.relative_to(root))
+        for folder in ("agent", "drivers", "firmware_bridge")
+        for p in (root / folder).rglob("*.py")
+        if "asyncio.wait_for(" in p.read_text()
+    ]
+    assert found == []

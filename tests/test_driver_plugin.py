@@ -43,6 +43,7 @@ class CounterWire(BaseModel):
 class CounterBus(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     start: int = 0
+    swallow_one_cancel: bool = False  # what asyncio.wait_for could do in Python 3.11
 
 
 class CounterDriver(Driver):
@@ -58,6 +59,16 @@ class CounterDriver(Driver):
         self.polls = 0
 
     async def run(self, sink):
+        swallow = self.bus.options.swallow_one_cancel
+        while True:
+            try:
+                await self._poll(sink)
+            except asyncio.CancelledError:
+                if not swallow:
+                    raise
+                swallow = False
+
+    async def _poll(self, sink):
         while True:
             for d in self.devices:
                 self.counts[d.id] += 1
@@ -113,7 +124,7 @@ def install_plugin(site: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
 
 
-def site_config(folder: Path, url: str, step: str) -> Path:
+def site_config(folder: Path, url: str, step: str, bus_extra: str = "") -> Path:
     (folder / "lab-counter.toml").write_text(PROFILE.format(step=step))
     config = folder / "agent.toml"
     config.write_text(
@@ -138,6 +149,7 @@ def site_config(folder: Path, url: str, step: str) -> Path:
             id = "lab"
             driver = "lab-counter"
             start = 100
+            {bus_extra}
 
             [[devices]]
             id = "counter-1"
@@ -192,3 +204,19 @@ def test_an_out_of_tree_driver_runs_end_to_end(tmp_path, broker, subscribers, mo
 @pytest.mark.parametrize("core", ["agent/registry.py", "pyproject.toml"])
 def test_the_plugin_is_named_in_no_core_file(core):
     assert "lab-counter" not in (ROOT / core).read_text()
+
+
+def test_a_driver_that_swallows_a_cancellation_does_not_hang_the_stop(
+    tmp_path, broker, monkeypatch
+):
+    """In Python 3.11 asyncio.wait_for swallowed a cancellation when the call it awaited
+    completed at that moment: a card reader unplugged as the agent stopped hung the stop."""
+    from tests.harness.agent import AgentProcess
+
+    monkeypatch.setenv("PYTHONPATH", install_plugin(tmp_path / "site")["PYTHONPATH"])
+    config = site_config(tmp_path, broker.url, "2", "swallow_one_cancel = true")
+    agent = AgentProcess(tmp_path, config)
+    agent.start()
+    agent.wait_status(lambda s: s.get("buses", {}).get("lab", {}).get("polls", 0) > 2, 20, "polls")
+    assert agent.terminate(timeout=15) == 0
+    assert any("stopped: drained=True" in line for line in agent.log_lines())

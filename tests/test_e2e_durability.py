@@ -233,7 +233,7 @@ def test_full_disk_keeps_alarms_and_accounts_for_every_event(broker, subscribers
     agent.start(wrapper=[*ns, "sh", "-c", mount, "sh"], log_level="info")
     st = agent.wait_status(
         lambda s: s["evicted"]["telemetry"] > 500 and s["store"]["last_error"] is None,
-        40,
+        90,  # generous: on a loaded machine the disk-full retries take longer to clear
         "the disk to fill and the store to make room",
     )
     assert st["evicted"]["alarm"] == 0

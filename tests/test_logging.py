@@ -36,6 +36,7 @@ def test_a_busy_gateway_logs_its_state_changes_not_its_events(
     agent.wait_status(lambda s: not s["broker"]["connected"] and s["backlog"] > 50, 20, "a backlog")
     broker.start()
     agent.wait_status(lambda s: s["broker"]["connected"] and s["backlog"] < 30, 30, "the drain")
+    wait_for(lambda: len(sub.events("telemetry")) >= 1000, 60, "a thousand readings")
     assert agent.terminate() == 0
     lines = agent.log_lines()
     events = len(sub.events("telemetry")) + len(sub.events("alarm"))

@@ -264,7 +264,8 @@ class BleDriver(Driver):
             return await self._watch(sink)
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(scanner.stop(), 5)
+                async with asyncio.timeout(5):
+                    await scanner.stop()
 
     async def _watch(self, sink: DeviceSink) -> str | None:
         while True:
@@ -513,19 +514,16 @@ async def _bluez_call(path: str, member: str, signature: str, body: list[Any]) -
 
     if _BUS is None or not _BUS.connected:
         _BUS = await MessageBus(bus_type=BusType.SYSTEM).connect()
-    reply = await asyncio.wait_for(
-        _BUS.call(
-            Message(
-                destination="org.bluez",
-                path=path,
-                interface="org.freedesktop.DBus.Properties",
-                member=member,
-                signature=signature,
-                body=body,
-            )
-        ),
-        5,
+    message = Message(
+        destination="org.bluez",
+        path=path,
+        interface="org.freedesktop.DBus.Properties",
+        member=member,
+        signature=signature,
+        body=body,
     )
+    async with asyncio.timeout(5):
+        reply = await _BUS.call(message)
     if reply.message_type == MessageType.ERROR:
         if reply.error_name in (
             "org.freedesktop.DBus.Error.UnknownObject",

@@ -176,7 +176,8 @@ class CardSerialDriver(Driver):
         opts: CardSerialDevice = self.device.options or CardSerialDevice()
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), self.options.retry)
+                async with asyncio.timeout(self.options.retry):
+                    data = await reader.read(READ_CHUNK)
             except TimeoutError:
                 if local and not await asyncio.to_thread(os.path.exists, port):
                     return f"serial port {port} is gone (reader unplugged?)"

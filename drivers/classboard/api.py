@@ -368,7 +368,8 @@ class Api:
                     self.d.count("polls_unchanged")
                     return web.Response(status=304, headers={"ETag": tag})
                 try:
-                    await asyncio.wait_for(changed.wait(), left)
+                    async with asyncio.timeout(left):
+                        await changed.wait()
                 except TimeoutError:
                     continue
         finally:

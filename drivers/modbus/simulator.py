@@ -407,7 +407,8 @@ class Simulator:
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     """Sleep `seconds`, or less if `stop` is set."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
 
 
 def _parser() -> argparse.ArgumentParser:

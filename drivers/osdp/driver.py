@@ -394,7 +394,8 @@ class OsdpDriver(Driver):
             raise ActionError(f"reader {device.id}: libosdp's command queue refused it")
         r.waiting.append((cmd["command"], fut))
         try:
-            status = await asyncio.wait_for(fut, COMMAND_TIMEOUT)
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                status = await fut
         except TimeoutError:
             raise ActionError(f"reader {device.id} did not acknowledge in time") from None
         if status != 0:
