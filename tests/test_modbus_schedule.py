@@ -126,3 +126,44 @@ def test_fifty_devices_keep_their_periods_in_shared_wake_ups_with_a_dead_one_amo
         assert agent.terminate() == 0
     finally:
         sim.stop()
+
+
+@pytest.mark.slow
+def test_a_write_is_read_back_at_once_then_the_period_goes_on(
+    tmp_path, broker, subscribers, make_agent
+) -> None:
+    """A fence polled every 20 s is armed: the driver reads it back at once (not at its next
+    poll), once, and not again before a period has passed."""
+    import json
+    from datetime import UTC, datetime
+
+    sim = ModbusSim(tmp_path / "sim", {4: VECTORS / "generic-pulse-fence.toml"}, log_level="info")
+    sim.start()
+    try:
+        sub = subscribers(broker)
+        agent = make_agent(
+            broker.url,
+            f'\n[[buses]]\nid = "io"\ndriver = "modbus-tcp"\nhost = "127.0.0.1"\n'
+            f'port = {sim.port}\ntimeout = "300ms"\n'
+            '\n[[devices]]\nid = "gate-fence"\nprofile = "generic-pulse-fence"\nbus = "io"\n'
+            'address = 4\npoll_interval = "20s"\n',
+        )
+        agent.wait_status(
+            lambda s: s["broker"]["connected"] and s["devices"]["gate-fence"]["online"], 20, "up"
+        )
+        assert sim.wait_stats(lambda s: s["requests"].get("4"), 5, "the first poll")
+        first = sim.requests(4, 4)
+        cmd = {"id": "cmd-arm-readback-1", "action": "arm", "ts": datetime.now(UTC).isoformat()}
+        sub.publish("campus/v1/pt-023/gw-main/cmd/gate-fence", json.dumps(cmd).encode())
+        reply = wait_for(
+            lambda: [m.json() for m in sub.snapshot() if "/cmd-reply/" in m.topic], 10, "a reply"
+        )[0]
+        assert reply["result"] == "ok", reply
+        sim.wait_stats(lambda s: int(s["requests"]["4"].get("4", 0)) > first, 5, "the read-back")
+        agent.wait_status(
+            lambda s: s["buses"]["io"]["polls"] == first + 1, 10, "the read-back in the status"
+        )
+        assert sim.requests(4, 4) == first + 1, "read back more than once"
+        assert agent.terminate() == 0
+    finally:
+        sim.stop()
