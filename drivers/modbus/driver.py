@@ -4,6 +4,9 @@ One request at a time on an RTU bus, with the inter-frame gap its baud rate need
 concurrency per TCP host. A device's points are read in as few block requests as its
 profile's `max_gap` allows. A device that stops answering backs off (a circuit breaker), so
 it does not slow the others on its bus; writes (an e-fence arm) go ahead of routine polls.
+Polls are batched (#14): one timer per bus wakes when the earliest poll is due and starts
+every poll due within the batch window (drivers/modbus/schedule.py); one worker per
+connection reads their blocks.
 It hands Samples to the core and never builds topics, JSON or SQL.
 """
 
@@ -29,6 +32,7 @@ from agent.sample import BoundDevice, BusSpec, Quality, Sample, Value
 from agent.units import Duration, duration_range
 from agent.validation import ConfigPath, one_of
 from drivers.modbus.codec import ReadBlock, Register, Write, encode, plan_reads
+from drivers.modbus.schedule import Schedule, batch_window, first_offsets
 
 log = logging.getLogger(__name__)
 BAUD_RATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
@@ -119,15 +123,22 @@ class BusSlot:
         self._free += 1
 
 
-@dataclass
+@dataclass(eq=False)
 class _Device:
     device: BoundDevice
     unit: int
     blocks: list[ReadBlock]
     points: int
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     failures: int = 0
     backoff: float = 0.0
+    due: float = 0.0  # when its current (or next) poll was due, loop time
+    busy: bool = False  # a poll is running or its sample is being handed over
+    again: bool = False  # a read-back was asked while busy: poll once more at once
+    # the running poll
+    block: int = 0
+    ts: float = 0.0
+    values: dict[str, Value] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
 
 
 def _points_of(profile: Profile) -> list[tuple[str, Register]]:
@@ -160,6 +171,14 @@ class _ModbusDriver(Driver):
         self.requests = 0
         self.requests_saved = 0
         self.errors = 0
+        self.polls = 0  # device polls started
+        self.batches = 0  # timer wake-ups that started polls (#14: polls share wake-ups)
+        self._schedule: Schedule[_Device] = Schedule(0.0)
+        self._timer: asyncio.TimerHandle | None = None
+        self._ready: deque[_Device] = deque()  # devices whose next block read is due
+        self._waiting: deque[asyncio.Future[None]] = deque()  # idle workers
+        self._done: deque[_Device] = deque()  # finished polls, for the sink
+        self._delivering: asyncio.Future[None] | None = None
 
     # ---- config checks (called by `check`, no I/O) ------------------------------------
 
@@ -187,26 +206,48 @@ class _ModbusDriver(Driver):
     connections = 1  # a pymodbus client serves one request at a time: one per slot
 
     async def run(self, sink: DeviceSink) -> None:
-        """Connect, then poll every device until cancelled."""
+        """Connect, then poll every device until cancelled.
+
+        One timer for the bus (`loop.call_at`, re-armed for the earliest due poll) instead of
+        one task per device: each wake-up queues every device due within the batch window,
+        and one worker per connection takes their block reads in turn (pymodbus 3.x keeps
+        one request in flight per connection, so there is nothing to pipeline on one). Each
+        device's next block joins the back of the queue, as its task did under `BusSlot`, so
+        a dead device holds a connection one timeout at a time. Finished samples go to the
+        sink from one task, together; a device is rescheduled once its sample is handed over.
+        """
         clients = [self.make_client() for _ in range(self.connections)]
+        loop = asyncio.get_running_loop()
         try:
             for client in clients:
                 if not await client.connect():
                     raise DriverError(f"cannot connect to {self.where()}")
             self._idle = deque(clients)
             self.client = clients[0]
+            devs = list(self.polled.values())
+            intervals = [d.device.poll_interval for d in devs]
+            self._schedule = Schedule(batch_window(intervals))
+            start = loop.time()
+            for dev, offset in zip(
+                devs, first_offsets(intervals, self._schedule.window), strict=True
+            ):
+                dev.busy, dev.again = False, False
+                self._schedule.put(dev, start + offset)
+            self._arm()
             async with asyncio.TaskGroup() as tg:
-                n = len(self.polled)
-                for i, dev in enumerate(self.polled.values()):
-                    # Spread first polls over one interval: 200 devices due in the same
-                    # instant would queue 400 requests on the bus every second.
-                    offset = dev.device.poll_interval * i / max(n, 1)
-                    tg.create_task(
-                        self._poll_loop(dev, sink, offset), name=f"modbus[{dev.device.id}]"
-                    )
+                for i in range(self.connections):
+                    tg.create_task(self._worker(), name=f"modbus[{self.bus.id}]#{i}")
+                tg.create_task(self._deliver(sink), name=f"modbus[{self.bus.id}] samples")
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self.client = None
             self._idle.clear()
+            self._ready.clear()
+            self._done.clear()
+            self._waiting.clear()
+            self._delivering = None
             for client in clients:
                 client.close()
 
@@ -225,43 +266,98 @@ class _ModbusDriver(Driver):
     def where(self) -> str:
         raise NotImplementedError
 
-    async def _poll_loop(self, dev: _Device, sink: DeviceSink, offset: float = 0.0) -> None:
-        interval = dev.device.poll_interval
-        next_due = time.monotonic() + offset
-        while True:
-            delay = next_due - time.monotonic()
-            if delay > 0:
-                # asyncio.timeout, not wait_for: no extra task per poll (200 devices at 1 s)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await dev.wake.wait()
-            dev.wake.clear()
-            ok = await self._poll(dev, sink)
-            now = time.monotonic()
-            if ok:
-                dev.backoff = 0.0
-                next_due += interval
-                if next_due < now:  # fell behind: do not try to catch up in a burst
-                    next_due = now + interval
-            else:
-                # A silent device: wait longer and longer (up to a minute) before asking again,
-                # so it costs its bus one timeout per backoff, not one per poll.
-                dev.backoff = min(self.BACKOFF_MAX, max(interval, dev.backoff * 2 or interval))
-                next_due = now + (dev.backoff if dev.failures >= self.OFFLINE_AFTER else interval)
+    # ---- the bus's timer: one wake-up per batch of due devices ------------------------
 
-    async def _poll(self, dev: _Device, sink: DeviceSink) -> bool:
-        values: dict[str, Value] = {}
-        failed: list[str] = []
-        ts = 0.0
-        for block in dev.blocks:
+    def _arm(self) -> None:
+        """Set the one timer to the earliest due poll (none when nothing is scheduled)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self._schedule.next_wake()
+        if due is not None:
+            self._timer = asyncio.get_running_loop().call_at(due, self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        batch = self._schedule.pop_due(asyncio.get_running_loop().time())
+        if batch:
+            self.batches += 1
+        for dev, due in batch:
+            dev.due = due
+            self._start(dev)
+        self._arm()
+
+    def _start(self, dev: _Device) -> None:
+        dev.busy = True
+        dev.block, dev.ts = 0, 0.0
+        dev.values, dev.failed = {}, []
+        self.polls += 1
+        if dev.blocks:
+            self._queue(dev)
+        else:
+            self._finish(dev)
+
+    def _queue(self, dev: _Device) -> None:
+        self._ready.append(dev)
+        if self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def _reschedule(self, dev: _Device, ok: bool) -> None:
+        """After the sample is handed over: when to poll again (as each device's own loop
+        did before #14: on its period, or later while it backs off)."""
+        now = asyncio.get_running_loop().time()
+        interval = dev.device.poll_interval
+        dev.busy = False
+        if ok:
+            dev.backoff = 0.0
+            due = dev.due + interval
+            if due < now:  # fell behind: do not try to catch up in a burst
+                due = now + interval
+        else:
+            # A silent device: wait longer and longer (up to a minute) before asking again,
+            # so it costs its bus one timeout per backoff, not one per poll.
+            dev.backoff = min(self.BACKOFF_MAX, max(interval, dev.backoff * 2 or interval))
+            due = now + (dev.backoff if dev.failures >= self.OFFLINE_AFTER else interval)
+        if dev.again:  # a write asked for a read-back while this poll ran
+            dev.again = False
+            due = now
+        if self._schedule.put(dev, due):
+            self._arm()
+
+    def _read_back(self, dev: _Device) -> None:
+        """Poll `dev` now (after a write), keeping its period from then on."""
+        if self._timer is None and not len(self._schedule) and not dev.busy:
+            return  # not running
+        if dev.busy:
+            dev.again = True
+            return
+        now = asyncio.get_running_loop().time()
+        dev.due = now  # its next regular poll: one period on
+        self._schedule.discard(dev)
+        self._start(dev)
+
+    # ---- workers (one per connection) and the sample hand-over ------------------------
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._ready:
+                fut = loop.create_future()
+                self._waiting.append(fut)
+                await fut
+            dev = self._ready.popleft()
+            block = dev.blocks[dev.block]
             try:
                 raw = await self._read(dev.unit, block)
-                ts = ts or time.time()  # when the device answered, not when it was queued
+                dev.ts = dev.ts or time.time()  # when the device answered, not when queued
+                dev.values.update(raw)
             except ConnectionException as e:
                 raise DriverError(f"{self.where()}: connection lost ({e})") from None
             except (ModbusException, ValueError, TimeoutError) as e:
                 self.errors += 1
-                failed.append(_short(e))
+                dev.failed.append(_short(e))
                 log.debug(
                     "read failed: device=%s block=%s@%d error=%s",
                     dev.device.id,
@@ -269,19 +365,40 @@ class _ModbusDriver(Driver):
                     block.start,
                     _short(e),
                 )
-                continue
-            values.update(raw)
+            dev.block += 1
+            if dev.block < len(dev.blocks):
+                self._queue(dev)  # its next block waits behind the others' (as with BusSlot)
+            else:
+                self._finish(dev)
+
+    def _finish(self, dev: _Device) -> None:
         self.requests_saved += max(0, dev.points - len(dev.blocks))
-        if failed and not values:
+        self._done.append(dev)
+        if self._delivering is not None and not self._delivering.done():
+            self._delivering.set_result(None)
+
+    async def _deliver(self, sink: DeviceSink) -> None:
+        """Hand finished polls to the sink, all that are ready each time it wakes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._done:
+                self._delivering = loop.create_future()
+                await self._delivering
+            while self._done:
+                dev = self._done.popleft()
+                ok = await self._hand_over(dev, sink)
+                self._reschedule(dev, ok)
+
+    async def _hand_over(self, dev: _Device, sink: DeviceSink) -> bool:
+        if dev.failed and not dev.values:
             dev.failures += 1
             await sink.sample(Sample(dev.device.id, time.time(), {}, Quality.BAD))
             if dev.failures == self.OFFLINE_AFTER:
-                await sink.availability(dev.device.id, online=False, reason=failed[-1])
+                await sink.availability(dev.device.id, online=False, reason=dev.failed[-1])
             return False
         dev.failures = 0
-        await sink.sample(
-            Sample(dev.device.id, ts, values, Quality.UNCERTAIN if failed else Quality.GOOD)
-        )
+        quality = Quality.UNCERTAIN if dev.failed else Quality.GOOD
+        await sink.sample(Sample(dev.device.id, dev.ts or time.time(), dev.values, quality))
         return True
 
     async def _read(self, unit: int, block: ReadBlock) -> dict[str, int | float | bool]:
@@ -338,7 +455,7 @@ class _ModbusDriver(Driver):
         if rr.isError():
             code = getattr(rr, "exception_code", None)
             raise ActionError(f"device refused the write ({exception_reply(code)})")
-        dev.wake.set()  # read back now, so the district sees the new state at once
+        self._read_back(dev)  # read back now, so the district sees the new state at once
         return {"written": value}
 
     def stats(self) -> dict[str, Any]:
@@ -347,6 +464,8 @@ class _ModbusDriver(Driver):
             "requests": self.requests,
             "requests_saved": self.requests_saved,
             "errors": self.errors,
+            "polls": self.polls,
+            "batches": self.batches,
         }
 
 
