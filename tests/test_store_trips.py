@@ -38,13 +38,11 @@ def switches(tids: list[int]) -> int:
 
 
 async def open_counted(path: Path) -> tuple[Store, list[int]]:
-    before = {t.ident for t in threading.enumerate()}
+    before = set(threading.enumerate())  # the objects: a dead thread's ident is reused
     s = Store(path, ORIGIN, max_size=64 << 20, synchronous="off")
     await s.open()
     tids = [
-        t.native_id
-        for t in threading.enumerate()
-        if t.ident not in before and t.native_id is not None
+        t.native_id for t in threading.enumerate() if t not in before and t.native_id is not None
     ]
     assert len(tids) == 2, "the store runs a writer and a reader connection"
     return s, tids
