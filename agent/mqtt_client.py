@@ -9,6 +9,7 @@ socket from asyncio; the CLI runs paho's loop). The password is passed in, never
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -26,16 +27,60 @@ def tls_context(cfg: MqttSection) -> ssl.SSLContext:
     return ctx
 
 
+READ_SIZE = 65536  # one recv per wake-up reads every PUBACK that has arrived
+
+
+class BufferedClient(mqtt.Client):
+    """paho reads a packet's type, length and body with separate recv calls (three
+    syscalls per PUBACK). Here one recv per wake-up fills a buffer the packets are parsed
+    from. The caller arms one socket read per wake-up (`arm_read`) and calls loop_read
+    until `buffered()` is empty (see agent.publisher._do_read): bytes held here are
+    invisible to select(), so a wake-up must never end with some left. Only for a socket
+    driven that way; paho's own loop (the CLI) uses a plain client."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+        self._reads_left = 0
+
+    def arm_read(self) -> None:
+        """The socket is readable (or TLS holds decrypted bytes): allow one recv."""
+        self._reads_left = 1
+
+    def buffered(self) -> int:
+        """Bytes read from the socket and not yet parsed."""
+        return len(self._rbuf) - self._rpos
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            if self._reads_left <= 0:
+                raise BlockingIOError  # read once this wake-up: wait for the next
+            self._reads_left -= 1
+            data = super()._sock_recv(READ_SIZE)  # b"" (closed) is returned as it is
+            if len(data) <= bufsize:
+                return data
+            self._rbuf, self._rpos = data, 0
+        end = self._rpos + bufsize
+        chunk = self._rbuf[self._rpos : end]
+        self._rpos = min(end, len(self._rbuf))
+        if self._rpos >= len(self._rbuf):
+            self._rbuf, self._rpos = b"", 0
+        return chunk
+
+
 def make_client(
     cfg: MqttSection,
     client_id: str,
     password: str | None,
     *,
     will: tuple[str, bytes] | None = None,
+    buffered: bool = False,
 ) -> mqtt.Client:
-    """A client with the site's protocol, TLS and credentials (and a retained will)."""
+    """A client with the site's protocol, TLS and credentials (and a retained will);
+    `buffered`: a BufferedClient (one recv per wake-up; the caller drives its reads)."""
     v5 = cfg.protocol == "5"
-    client = mqtt.Client(
+    client = (BufferedClient if buffered else mqtt.Client)(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,

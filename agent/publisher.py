@@ -32,6 +32,7 @@ from agent.config import MqttSection
 from agent.contract import OFFLINE, ONLINE, SEND_RANK, Origin, last_will, status_document
 from agent.errors import ConnectFailedError, UnreachableError
 from agent.mqtt_client import (
+    BufferedClient,
     connect_properties,
     correlation_properties,
     make_client,
@@ -270,6 +271,7 @@ class Publisher:
             self.cfg.client_id or f"{o.school}.{o.gateway}",
             self.password,
             will=(self.status_topic, last_will(o)),
+            buffered=True,
         )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -473,14 +475,21 @@ class Publisher:
 
     def _do_read(self) -> None:
         client = self._client
-        if client is None:
+        if not isinstance(client, BufferedClient):
             return
+        # One recv per wake-up (BufferedClient): then parse until nothing read is left,
+        # since bytes in the buffer (or decrypted in TLS) would wake select() no more.
+        client.arm_read()
         client.loop_read()
-        sock = client.socket()
-        # TLS may hold decrypted bytes that select() does not see.
-        while isinstance(sock, ssl.SSLSocket) and sock.pending() and self._client is client:
-            client.loop_read()
+        while self._client is client:
             sock = client.socket()
+            if sock is None:
+                break  # the connection was lost while parsing
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                client.arm_read()  # TLS holds decrypted bytes that select() does not see
+            elif not client.buffered():
+                break
+            client.loop_read()
 
     def _do_write(self) -> None:
         if self._client is not None:
