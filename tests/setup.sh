@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian/Ubuntu machine for the test suite and the benchmarks: installs
-# what is missing (mosquitto, socat, openssl, a C compiler, python3-venv, systemd for
+# what is missing (mosquitto, socat, strace, openssl, a C compiler, python3-venv, systemd for
 # systemd-analyze) with apt-get and the project with its test extras into .venv, at the
 # versions in constraints.txt. Used by tests/run.sh and bench/run.sh.
 set -euo pipefail
@@ -16,6 +16,7 @@ have gcc || missing+=(gcc)
 have make || missing+=(make)
 # tests/test_deb.py makes a throwaway Debian 12 root to install the package into.
 have debootstrap || missing+=(debootstrap)
+have strace || missing+=(strace)  # tests/test_e2e_read_wakeups.py counts recvfrom calls
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # evdev (the `hid` extra, drivers/card_hid) is built from source: Python.h and linux/input.h.
 python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
