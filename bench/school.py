@@ -272,6 +272,8 @@ class Run:
         devices did not complete within 120 s in 3 of 4 tries here (the agent's defect,
         reported under #14), so the levels would hang."""
         assert self.agent is not None  # noqa: S101 - set by start()
+        if self.cards is not None:  # no reads into a pty nobody reads
+            self.cards.paused.set()
         self.stop_codes.append(self.agent.stop(20))
         school.write(interval)
         self.agent.start()
@@ -282,6 +284,8 @@ class Run:
             180,
             lambda s: f"not all Modbus devices online: {_modbus_online(s)}",
         )
+        if self.cards is not None:
+            self.cards.paused.clear()
 
     def reload(self, school: School, interval: float, *, storm: bool = False) -> None:
         assert self.agent is not None  # noqa: S101

@@ -249,6 +249,7 @@ class Cards(threading.Thread):
         self.sent: list[tuple[float, str, str]] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.paused = threading.Event()  # the agent is restarting: reads wait, then go on
         self.n = 0
         self.seed = seed
 
@@ -261,7 +262,7 @@ class Cards(threading.Thread):
         while not self.stopping.is_set():
             with self.lock:
                 at = self.due[0] if self.due else None
-            if at is None or at > time.time():
+            if at is None or at > time.time() or self.paused.is_set():
                 self.stopping.wait(0.02 if at is None else min(0.02, at - time.time()))
                 continue
             with self.lock:
