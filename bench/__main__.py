@@ -81,6 +81,11 @@ BENCHMARKS: list[Benchmark] = [
         "BLE driver: agent CPU at 200 advertising devices (bleak over a mocked BlueZ)",
     ),
     Benchmark(
+        "school",
+        "bench.school",
+        "a whole big school in one agent capped at 25 % of a core: sustained rate, p99s, lost",
+    ),
+    Benchmark(
         "peer",
         "bench.peer",
         "vs ThingsBoard IoT Gateway 3.8.x, 100/200 Modbus devices: CPU, outage (~20-25 min)",

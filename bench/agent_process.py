@@ -126,8 +126,12 @@ class AgentProcess(BenchProcess):
             self.sources.append(source_digest())
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
+        return self.launch(self.command(), cwd=ROOT, env=env)
+
+    def command(self) -> list[str]:
+        """`python -m agent.cli run` on the config (a subclass may wrap it)."""
         cmd = [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)]
-        return self.launch([*cmd, "--log-level", "warning"], cwd=ROOT, env=env)
+        return [*cmd, "--log-level", "warning"]
 
     def status(self) -> dict[str, Any] | None:
         return read_json(self.status_file)

@@ -47,7 +47,8 @@ path = "outbox.db"
 
 [privacy]
 card_key_file = "card.key"
-
+"""
+BLE_BUS = """
 [[buses]]
 id = "ble"
 driver = "ble"
@@ -85,10 +86,11 @@ def kinds(n: int) -> list[str]:
     return ["plain" if i % 4 in (0, 1) else "secret" if i % 4 == 2 else "tag" for i in range(n)]
 
 
-def write_config(work: Path, p: Params, port: int) -> None:
-    text = HEAD.format(port=port)
+def ble_toml(work: Path, devices: int) -> str:
+    """Bus `ble` and its devices (kinds(devices)); the bind key in `work/bind.key`."""
+    text = BLE_BUS
     tags = []
-    for i, kind in enumerate(kinds(p.devices)):
+    for i, kind in enumerate(kinds(devices)):
         if kind == "tag":
             tags.append(f'"ibeacon:{UUID}:1:{i}"')
             continue
@@ -99,10 +101,15 @@ def write_config(work: Path, p: Params, port: int) -> None:
     if tags:
         text += '\n[[devices]]\nid = "tags"\nprofile = "ble-tags"\nbus = "ble"\n'
         text += f"tags = [{', '.join(tags)}]\n"
-    (work / "agent.toml").write_text(text)
-    for name, data in (("card.key", os.urandom(32).hex()), ("bind.key", KEY.hex())):
-        (work / name).write_text(data)
-        (work / name).chmod(0o600)
+    (work / "bind.key").write_text(KEY.hex())
+    (work / "bind.key").chmod(0o600)
+    return text
+
+
+def write_config(work: Path, p: Params, port: int) -> None:
+    (work / "agent.toml").write_text(HEAD.format(port=port) + ble_toml(work, p.devices))
+    (work / "card.key").write_text(os.urandom(32).hex())
+    (work / "card.key").chmod(0o600)
 
 
 def advert(i: int, kind: str, n: int) -> dict[str, Any]:

@@ -62,7 +62,8 @@ allow = ["classboard.notice_post", "classboard.notice_revoke"]
 
 [privacy]
 card_key_file = "card.key"
-
+"""
+BOARDS_BUS = """
 [[buses]]
 id = "boards"
 driver = "classboard"
@@ -144,14 +145,11 @@ class Seen(Subscriber):
         return out
 
 
-def write_school(work: Path, p: Params, broker_port: int, listen: int) -> None:
-    (work / "card.key").write_bytes(os.urandom(32))
-    os.chmod(work / "card.key", 0o600)
+def boards_toml(work: Path, boards: int, listen: int) -> str:
+    """The hub's bus and device and `boards` boards (a token file each in `work/tokens`)."""
     (work / "tokens").mkdir()
-    text = HEAD.format(
-        school=ORIGIN.school, gateway=ORIGIN.gateway, port=broker_port, listen=listen
-    )
-    for i in range(p.boards):
+    text = BOARDS_BUS.format(listen=listen)
+    for i in range(boards):
         name = f"board-{i + 1}"
         token = work / "tokens" / f"{name}.token"
         token.write_text(os.urandom(18).hex())
@@ -164,7 +162,14 @@ def write_school(work: Path, p: Params, broker_port: int, listen: int) -> None:
             floor=grade + 1,
             room=f"{grade + 1}{n + 1:02d}",
         )
-    (work / "agent.toml").write_text(text)
+    return text
+
+
+def write_school(work: Path, p: Params, broker_port: int, listen: int) -> None:
+    (work / "card.key").write_bytes(os.urandom(32))
+    os.chmod(work / "card.key", 0o600)
+    text = HEAD.format(school=ORIGIN.school, gateway=ORIGIN.gateway, port=broker_port)
+    (work / "agent.toml").write_text(text + boards_toml(work, p.boards, listen))
 
 
 def run_once(work: Path, p: Params, i: int) -> BoardsRun:

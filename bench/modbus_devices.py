@@ -136,16 +136,20 @@ def device_name(n: int) -> str:
     return f"dev-{n + 1:03d}"
 
 
-def write_agent_config(folder: Path, url: str, ports: list[int], load: Load) -> Path:
-    """The agent's config: the bench profile, one bus per simulator, the devices on them."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_bench_profile(folder: Path) -> Path:
+    """`folder/profiles/bench-modbus10.toml`; the profiles folder (for `profile_dirs`)."""
     profiles = folder / "profiles"
-    profiles.mkdir(exist_ok=True)
+    profiles.mkdir(parents=True, exist_ok=True)
     profile = toml_document(bench_profile_doc())
     (profiles / f"{PROFILE_ID}.toml").write_text(profile, encoding="utf-8")
-    text = agent_head(url, max_size="256MiB", profiles=profiles)
-    for i, port in enumerate(ports):
-        text += AGENT_BUS.format(bus=f"mb{i + 1}", host=HOST, port=port)
+    return profiles
+
+
+def modbus_toml(ports: list[int], load: Load) -> str:
+    """The agent's `[[buses]]` (one per simulator) and `[[devices]]` of the load."""
+    text = "".join(
+        AGENT_BUS.format(bus=f"mb{i + 1}", host=HOST, port=port) for i, port in enumerate(ports)
+    )
     for n, (sim, unit) in enumerate(load.placement()):
         text += AGENT_DEVICE.format(
             device=device_name(n),
@@ -154,6 +158,14 @@ def write_agent_config(folder: Path, url: str, ports: list[int], load: Load) -> 
             unit=unit,
             interval=f"{load.interval:g}",
         )
+    return text
+
+
+def write_agent_config(folder: Path, url: str, ports: list[int], load: Load) -> Path:
+    """The agent's config: the bench profile, one bus per simulator, the devices on them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    profiles = write_bench_profile(folder)
+    text = agent_head(url, max_size="256MiB", profiles=profiles) + modbus_toml(ports, load)
     cfg = folder / "agent.toml"
     cfg.write_text(text)
     return cfg

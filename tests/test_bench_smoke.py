@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,33 @@ def test_bridge_figures_run(tmp_path):
     fw = json.loads(out.read_text())["firmware"]
     assert fw["chunks"] == 1311
     assert fw["wire_bytes"] > fw["size"]
+
+
+def test_school_benchmark_quick_run(tmp_path):
+    """The gateway-class benchmark at smoke sizes: the agent in its 25 % CPU group (root and
+    cgroup v1 only, else it says why and exits 2), every seq accounted for."""
+    from bench.school_setup import CpuCap
+
+    out = tmp_path / "school.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "school", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    if (why := CpuCap.unavailable()) is not None:
+        assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+        assert why in r.stderr
+        return
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "cpu.cfs_quota_us=25000" in r.stdout
+    group = re.search(r"cgroup v1 (/sys/fs/cgroup/cpu/campus-bench-\d+)", r.stdout)
+    assert group, r.stdout[:2000]
+    assert not Path(group[1]).exists()  # removed after the run
+    assert "highest sustained rate, backlog flat" in r.stdout
+    doc = json.loads(out.read_text())
+    run = doc["runs"][0]
+    assert run["last_seq"] > 0
+    assert run["lost"] == 0, run
+    assert run["cards_delivered"] == run["cards_sent"], run
