@@ -59,6 +59,10 @@ def test_bridge_figures_run(tmp_path):
     assert fw["wire_bytes"] > fw["size"]
 
 
+SCHOOL_QUICK = [sys.executable, "-m", "bench", "school", "--quick", "--levels", "0.5"]
+SCHOOL_QUICK += ["--level-seconds", "4", "--peak-seconds", "10"]  # the smoke: ~35 s
+
+
 def test_school_benchmark_quick_run(tmp_path):
     """The gateway-class benchmark at smoke sizes: the agent in its 25 % CPU group (root and
     cgroup v1 only, else it says why and exits 2), every seq accounted for."""
@@ -66,7 +70,7 @@ def test_school_benchmark_quick_run(tmp_path):
 
     out = tmp_path / "school.json"
     r = subprocess.run(
-        [sys.executable, "-m", "bench", "school", "--quick", "--out", str(out)],
+        [*SCHOOL_QUICK, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
