@@ -96,11 +96,13 @@ class Parser(argparse.ArgumentParser):
         )
 
     def parse(self, argv: list[str] | None, quick: dict[str, Any]) -> argparse.Namespace:
-        """The options; with --quick, `quick`'s values replace theirs."""
+        """The options; with --quick, `quick`'s values replace the defaults (an option given
+        on the command line still wins)."""
         a = self.parse_args(argv)
         if a.quick:
             for name, value in quick.items():
-                setattr(a, name, value)
+                if getattr(a, name) == self.get_default(name):
+                    setattr(a, name, value)
         return a
 
 

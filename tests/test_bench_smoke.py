@@ -60,7 +60,8 @@ def test_bridge_figures_run(tmp_path):
 
 
 SCHOOL_QUICK = [sys.executable, "-m", "bench", "school", "--quick", "--levels", "0.5"]
-SCHOOL_QUICK += ["--level-seconds", "4", "--peak-seconds", "10"]  # the smoke: ~35 s
+SCHOOL_QUICK += ["--level-seconds", "4", "--peak-seconds", "10", "--devices", "10"]
+SCHOOL_QUICK += ["--readers", "2", "--boards", "2", "--ble", "2"]  # the smoke: small
 
 
 def test_school_benchmark_quick_run(tmp_path):
