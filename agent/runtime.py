@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 RESTART_MIN = 1.0
 RESTART_MAX = 15.0  # a bus whose cable is back is tried again within 15 s
-BUS_STOP_TRIES = 5  # cancellations (1 s apart) before a driver that does not end is left
+BUS_STOP_GRACE, BUS_STOP_TRIES = 5.0, 3  # a stopped bus's cleanup time; re-cancels 1 s apart
 
 
 def status_path(config: SiteConfig) -> Path:
@@ -283,15 +283,14 @@ class Agent:
             self.stopped_bus_stats[bus_id] = stats
         if task is not None:
             task.cancel()
-            # A driver may swallow one cancellation (asyncio.wait_for did in Python 3.11 when
-            # the awaited call completed at that moment): cancel again, a few times, then
-            # leave it behind, said once, rather than hang the agent's stop or a reload.
+            task.cancel()  # a swallowed cancel (3.11's wait_for): cancel again after a grace
+            done, _ = await asyncio.wait({task}, timeout=BUS_STOP_GRACE)
             for _ in range(BUS_STOP_TRIES):
-                task.cancel()
-                done, _ = await asyncio.wait({task}, timeout=1.0)
                 if done:
                     break
-            else:
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=1.0)
+            if not done:
                 log.error("bus %s did not stop when cancelled; left behind", bus_id)
 
     # ---- commands ------------------------------------------------------------------

@@ -218,5 +218,5 @@ def test_a_driver_that_swallows_a_cancellation_does_not_hang_the_stop(
     agent = AgentProcess(tmp_path, config)
     agent.start()
     agent.wait_status(lambda s: s.get("buses", {}).get("lab", {}).get("polls", 0) > 2, 20, "polls")
-    assert agent.terminate(timeout=15) == 0
+    assert agent.terminate(timeout=30) == 0
     assert any("stopped: drained=True" in line for line in agent.log_lines())
