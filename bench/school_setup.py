@@ -33,6 +33,7 @@ from bench.throughput_config import ORIGIN
 from drivers.card_serial.frames import FrameSpec, encode
 from tests.harness.pty import PtyPair
 from tests.harness.subscriber import Subscriber
+from tests.harness.waiting import wait_for
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 100_000
@@ -86,14 +87,17 @@ class CpuCap:
 
     def remove(self, timeout: float = 10.0) -> None:
         """rmdir the group (it must be empty: its processes have exited)."""
-        deadline = time.monotonic() + timeout
-        while self.path.exists():
+
+        def removed() -> bool:
             try:
                 self.path.rmdir()
+            except FileNotFoundError:
+                return True
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+                return False  # busy: its last process is still exiting
+            return True
+
+        wait_for(removed, timeout, f"{self.path} to be empty and removed", every=0.1)
 
 
 class CappedAgent(AgentProcess):
