@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 200_000  # events held in memory while the disk refuses writes
 MAX_BATCH = 2_000  # events per transaction: bounds how long one commit holds the loop
+# Events per transaction once the disk has been full: a 2,000-event batch grows the file
+# (through the WAL) by more than eviction freed, and the checkpoint that must then extend
+# the file fails on the full disk again and again (issue #14, docs/durability.md).
+DISK_FULL_BATCH = 100
 HIGH_WATER = 20_000  # a producer waits for a commit above this many queued events
 ACK_DELAY = 0.25  # acknowledged events alone wait this long to be deleted (with new inserts)
 GROUP = 8  # telemetry committed without waiting longer once this many events are queued
@@ -138,6 +142,7 @@ class Store(RoomKeeping):
         self._check_every = 0.5
         self._last_check = 0.0
         self._added_bytes = 0
+        self._disk_limited = False  # the disk has been full: small batches, room checked each
         self._last_evict_log = -1e9
         self.reserve = path.with_name(path.name + ".reserve")
         self.reserve_size = min(4 << 20, max(256 << 10, max_size // 32))
@@ -296,7 +301,8 @@ class Store(RoomKeeping):
         if not (self._pending or self._acks or self._parks):
             return 0
         db = self._require_db()
-        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        limit = DISK_FULL_BATCH if self._disk_limited else MAX_BATCH
+        batch, self._pending = self._pending[:limit], self._pending[limit:]
         if self._pending:
             self._wake.set()  # more is queued: commit again right after this one
             self._pending_since = 0.0
@@ -333,7 +339,7 @@ class Store(RoomKeeping):
                 log.error("store commit failed, will retry: path=%s error=%r", self.path, str(e))
             self.stats.last_error = f"commit failed: {e}"
             if _is_full(e):
-                await self._make_room()
+                await self._make_room(sum(len(r[4]) + 64 for r in rows))
             raise StoreFullError(str(e)) from e
         self.stats.last_error = None
         self._next_seq = seq
@@ -356,7 +362,8 @@ class Store(RoomKeeping):
                 self.on_commit(batch, rows)
         self._added_bytes += sum(len(r[4]) + 64 for r in rows)
         if (
-            self._added_bytes > self.max_size // 32
+            self._disk_limited  # every commit, while the disk is what limits the store
+            or self._added_bytes > self.max_size // 32
             or time.monotonic() - self._last_check > self._check_every
         ):
             await self._enforce_cap()

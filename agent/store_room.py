@@ -49,6 +49,7 @@ class RoomKeeping:
     _last_check: float
     _added_bytes: int
     _last_evict_log: float
+    _disk_limited: bool
 
     async def _measure(self) -> int:
         db = self._require_db()
@@ -96,14 +97,20 @@ class RoomKeeping:
         if excess > 0:
             await self._delete_oldest({Priority.AUDIT: excess})
 
-    async def _make_room(self) -> None:
+    async def _make_room(self, failed: int = 0) -> None:
         """The disk is full: release the reserve file, then evict inside our own file.
 
         Deleting rows needs room in the WAL too, which a full disk does not have: the reserve
         (a file of zeros made at start-up) is that room. Freed pages are then reused, so the
-        store goes on working inside the size it has reached.
+        store goes on working inside the size it has reached. `failed`: the bytes of the batch
+        the disk refused; at least twice that is evicted, so that the retry fits in pages
+        already ours (evicting only down to 70 % of a cap the file had just reached could
+        free less than the batch needs, and the retry then failed the same way forever).
+        From now on commits are small and the room is checked after each
+        (Store._disk_limited), until the agent restarts.
         """
         db = self._require_db()
+        self._disk_limited = True
         if self.reserve.exists():
             size = self.reserve.stat().st_size
             self.reserve.unlink()
@@ -131,7 +138,9 @@ class RoomKeeping:
             await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await self._measure()
         try:
-            await self._evict_locked(self.stats.used_bytes - int(self.max_size * 0.7))
+            await self._evict_locked(
+                max(self.stats.used_bytes - int(self.max_size * 0.7), 2 * failed)
+            )
         except sqlite3.Error as e:
             log.debug("eviction on a full disk failed: %r", str(e))
         with contextlib.suppress(sqlite3.Error):

@@ -11,4 +11,7 @@ bash tests/setup.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m agent.schema --check docs
-exec .venv/bin/pytest "$@"
+# Two workers (pytest-xdist): the suite is mostly waiting on brokers and child processes.
+# --dist loadgroup keeps each xdist_group (tests that measure, that build the same C
+# objects, that make a Debian root) on one worker. The 20 slowest tests are listed at the end.
+exec .venv/bin/pytest -n 2 --dist loadgroup --durations=20 "$@"

@@ -70,8 +70,10 @@ if ! real_chromium; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   [ -n "${updated:-}" ] || $sudo apt-get update -qq
-  if apt-cache show chromium 2>/dev/null | grep -q '^Package: chromium$' \
-    && ! apt-cache show chromium 2>/dev/null | grep -qi snap; then
+  # Read whole before grep: under pipefail, `apt-cache show | grep -q` fails whenever grep
+  # stops early and apt-cache dies of SIGPIPE (it did here: chromium was then not installed).
+  info=$(apt-cache show chromium 2>/dev/null || true)
+  if grep -q '^Package: chromium$' <<<"$info" && ! grep -qi snap <<<"$info"; then
     echo "$(basename "$0"): installing chromium with apt-get (the board page's test)" >&2
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
       chromium >/dev/null
@@ -92,3 +94,6 @@ fi
 # python-dbusmock (pure Python) without its dbus-python requirement: the harness runs it with
 # the system python3 and Debian's python3-dbus (tests/harness/bluez.py).
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt python-dbusmock
+# The agent and its test extras are now in .venv: the demo (examples/demo.sh, also run by
+# tests/test_demo.py) need not pip-install them again, which would race the other pytest worker.
+touch .venv/.demo-installed

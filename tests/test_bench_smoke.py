@@ -12,7 +12,8 @@ import pytest
 
 from tests.harness.process import ROOT
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs every test that measures (tests/run.sh: --dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("measures")]
 
 
 def test_throughput_benchmark_quick_run(tmp_path):

@@ -42,6 +42,9 @@ from firmware_bridge.messages import (
     message_frame,
 )
 
+# make builds firmware_bridge/c in place, as tests/test_bridge_c_node.py does: one xdist worker.
+pytestmark = pytest.mark.xdist_group("bridge-c-build")
+
 C_DIR = Path(__file__).parent.parent / "firmware_bridge" / "c"
 BUILD = C_DIR / "build"
 M = TypeVar("M", bound=Message)

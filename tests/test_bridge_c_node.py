@@ -15,7 +15,8 @@ from tests.harness.process import ROOT, need
 from tests.harness.pty import PtyPair
 from tests.harness.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+# make builds firmware_bridge/c in place, as tests/test_bridge_c.py does: one xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bridge-c-build")]
 C_DIR = ROOT / "firmware_bridge" / "c"
 
 

@@ -35,7 +35,8 @@ from tests.harness.process import ROOT, read_json, stop_process
 from tests.harness.subscriber import Subscriber
 from tests.harness.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+# Both tests build in the same folder: one xdist worker (tests/run.sh: --dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deb")]
 
 BUILD = ROOT / "systemd" / "deb" / "build.py"
 MIRROR = "http://deb.debian.org/debian"

@@ -9,8 +9,13 @@ import shutil
 import signal
 import subprocess
 
+import pytest
+
 from tests.harness.agent import env_device
 from tests.harness.waiting import wait_for
+
+# One xdist worker runs every test that measures (tests/run.sh: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("measures")
 
 
 def acked(agent) -> int:  # type: ignore[no-untyped-def]

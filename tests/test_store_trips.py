@@ -17,7 +17,8 @@ import pytest
 from agent.contract import Kind, NewEvent, Origin
 from agent.store import Store
 
-pytestmark = pytest.mark.asyncio
+# One xdist worker runs every test that measures (tests/run.sh: --dist loadgroup).
+pytestmark = [pytest.mark.asyncio, pytest.mark.xdist_group("measures")]
 ORIGIN = Origin("campus/v1", "pt-023", "gw-main")
 
 
