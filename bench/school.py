@@ -48,7 +48,7 @@ from bench.agent_process import ROOT
 from bench.modbus_devices import Load, start_simulators
 from bench.peers import ProcStat, free_port, stop_process
 from bench.report import num
-from bench.school_report import table
+from bench.school_report import figures, table
 from bench.school_setup import CLIENT_ID, CappedAgent, Cards, CpuCap, School, Seen
 from bench.stats import quantile, rounded
 from bench.throughput_config import ORIGIN
@@ -547,7 +547,8 @@ def measure(p: Params) -> cli.Measured:
             flush=True,
         )
     return cli.Measured(
-        table(runs, p, cap), {"cgroup": cap.describe(), "runs": [asdict(r) for r in runs]}
+        table(runs, p, cap),
+        {"cgroup": cap.describe(), "figures": figures(runs), "runs": [asdict(r) for r in runs]},
     )
 
 

@@ -3,17 +3,33 @@ then the levels."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.report import fixed_table, num
 from bench.school_setup import CpuCap
-from bench.stats import median
+from bench.stats import figure_row, median
 
 if TYPE_CHECKING:
     from bench.school import Params, SchoolRun
 
 PEAK_GOAL = 300.0  # events/s: a big school's peak (issue #14)
 ALARM_GOAL_MS = 250.0  # alarm sample -> PUBACK p99 at the peak (issue #14)
+
+
+# The rows the combined table (bench/summary.py) takes: (figure, unit, SchoolRun attribute).
+FIGURES = (
+    ("highest sustained rate, backlog flat", "events/s", "sustained_per_s"),
+    ("peak: events committed", "events/s", "peak_committed_per_s"),
+    ("peak: alarm sample -> PUBACK p99, broker up", "ms", "alarm_p99_ms"),
+    ("peak: card read -> PUBACK p99, broker up", "ms", "card_p99_ms"),
+    ("events lost (seq at the checker)", "events", "lost"),
+    ("agent CPU at the peak", "% of a core", "peak_cpu_percent"),
+)
+
+
+def figures(runs: list[SchoolRun]) -> list[dict[str, Any]]:
+    """The headline figures, one row each (median, min-max over the runs)."""
+    return [figure_row(f, u, [getattr(r, a) for r in runs], digits=1) for f, u, a in FIGURES]
 
 
 def table(runs: list[SchoolRun], p: Params, cap: CpuCap) -> str:
