@@ -142,6 +142,7 @@ class Store(RoomKeeping):
         self._check_every = 0.5
         self._last_check = 0.0
         self._added_bytes = 0
+        self._row_bytes = 512  # a committed row's bytes as the cap counts them (mean, updated)
         self._disk_limited = False  # the disk has been full: small batches, room checked each
         self._last_evict_log = -1e9
         self.reserve = path.with_name(path.name + ".reserve")
@@ -292,9 +293,17 @@ class Store(RoomKeeping):
                 self._wake.set()
 
     async def commit_now(self) -> int:
-        """Commit queued events, acks and parks in one transaction; return events added."""
+        """Commit the events queued at the call (and every ack and park); return events
+        added. One transaction per batch (MAX_BATCH, fewer under a small cap or after a
+        disk-full): a stop or a close commits the whole queue, not its first batch. Events
+        queued meanwhile wait for the next call, so a busy producer cannot hold the lock."""
+        added = 0
         async with self._lock:
-            return await self._commit_locked()
+            queued = len(self._pending)
+            while True:
+                added += await self._commit_locked()
+                if added >= queued or not self._pending:
+                    return added
 
     async def _commit_locked(self) -> int:
         self._wake.clear()
@@ -302,6 +311,10 @@ class Store(RoomKeeping):
             return 0
         db = self._require_db()
         limit = DISK_FULL_BATCH if self._disk_limited else MAX_BATCH
+        # No more than the cap check's stride (max_size/32) in one transaction: a batch
+        # bigger than the room left would grow the file past the cap before the check after
+        # it could evict (only a small cap binds here: 1 GiB allows 2,000 events of 16 KiB).
+        limit = min(limit, max(GROUP, self.max_size // 32 // self._row_bytes))
         batch, self._pending = self._pending[:limit], self._pending[limit:]
         if self._pending:
             self._wake.set()  # more is queued: commit again right after this one
@@ -360,7 +373,10 @@ class Store(RoomKeeping):
             self.new_data.set()
             if self.on_commit is not None:
                 self.on_commit(batch, rows)
-        self._added_bytes += sum(len(r[4]) + 64 for r in rows)
+        added = sum(len(r[4]) + 64 for r in rows)
+        self._added_bytes += added
+        if rows:
+            self._row_bytes = max(64, (self._row_bytes * 3 + added // len(rows)) // 4)
         if (
             self._disk_limited  # every commit, while the disk is what limits the store
             or self._added_bytes > self.max_size // 32

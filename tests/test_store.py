@@ -92,6 +92,28 @@ async def test_cap_evicts_oldest_telemetry_first_and_keeps_alarms(tmp_path):
     await s2.close()
 
 
+async def test_a_backlog_of_queued_events_is_committed_within_the_cap(tmp_path):
+    """Commits that fell behind (a loaded machine) leave thousands of events queued: each
+    commit must stay small enough for the cap check after it, or one transaction grows the
+    file past the cap for good (freed pages are reused, never given back)."""
+    cap = 256 * 1024
+    s = await open_store(tmp_path / "o.db", max_size=cap)
+    for i in range(3000):
+        s.add(ev(n=i, pad=200))
+    sizes: list[int] = []  # the files after each transaction, before the cap check
+
+    def measure(batch: object, rows: object) -> None:
+        files = ("o.db", "o.db-wal")
+        sizes.append(sum(p.stat().st_size for p in tmp_path.iterdir() if p.name in files))
+
+    s.on_commit = measure
+    assert await s.commit_now() == 3000  # the whole queue, in as many transactions as it takes
+    assert len(sizes) > 1
+    assert max(sizes) <= cap, f"{max(sizes)} bytes on disk for a {cap}-byte cap"
+    assert s.stats.evicted["telemetry"] > 1000
+    await s.close()
+
+
 async def test_only_alarms_left_then_oldest_alarms_go(tmp_path):
     s = await open_store(tmp_path / "o.db", max_size=256 * 1024)
     for i in range(3000):
