@@ -310,11 +310,7 @@ class Store(RoomKeeping):
         if not (self._pending or self._acks or self._parks):
             return 0
         db = self._require_db()
-        limit = DISK_FULL_BATCH if self._disk_limited else MAX_BATCH
-        # No more than the cap check's stride (max_size/32) in one transaction: a batch
-        # bigger than the room left would grow the file past the cap before the check after
-        # it could evict (only a small cap binds here: 1 GiB allows 2,000 events of 16 KiB).
-        limit = min(limit, max(GROUP, self.max_size // 32 // self._row_bytes))
+        limit = self._batch_limit()
         batch, self._pending = self._pending[:limit], self._pending[limit:]
         if self._pending:
             self._wake.set()  # more is queued: commit again right after this one
@@ -337,6 +333,7 @@ class Store(RoomKeeping):
             topic = self.origin.topic(kind, ev.category, ev.device)
             rows.append((seq, prio, now, topic, payload, 1 if kind in RETAINED else 0))
             seq += 1
+        added = sum(len(r[4]) + 64 for r in rows)  # the bytes the cap counts for them
         try:
             # The whole transaction in one trip to the connection's thread: one wake-up
             # there and one back, not one per statement (issue #14).
@@ -352,7 +349,7 @@ class Store(RoomKeeping):
                 log.error("store commit failed, will retry: path=%s error=%r", self.path, str(e))
             self.stats.last_error = f"commit failed: {e}"
             if _is_full(e):
-                await self._make_room(sum(len(r[4]) + 64 for r in rows))
+                await self._make_room(added)
             raise StoreFullError(str(e)) from e
         self.stats.last_error = None
         self._next_seq = seq
@@ -373,7 +370,6 @@ class Store(RoomKeeping):
             self.new_data.set()
             if self.on_commit is not None:
                 self.on_commit(batch, rows)
-        added = sum(len(r[4]) + 64 for r in rows)
         self._added_bytes += added
         if rows:
             self._row_bytes = max(64, (self._row_bytes * 3 + added // len(rows)) // 4)
@@ -384,6 +380,14 @@ class Store(RoomKeeping):
         ):
             await self._enforce_cap()
         return len(rows)
+
+    def _batch_limit(self) -> int:
+        """Events in the next transaction: MAX_BATCH, DISK_FULL_BATCH once the disk has been
+        full, and never more than the cap check's stride (max_size/32, by the mean row): a
+        bigger batch would grow the file past the cap before the check after it could
+        evict (only a small cap binds: 1 GiB allows 2,000 events of 16 KiB)."""
+        limit = DISK_FULL_BATCH if self._disk_limited else MAX_BATCH
+        return min(limit, max(GROUP, self.max_size // 32 // self._row_bytes))
 
     def _shed_pending(self) -> None:
         # The disk refuses writes and memory is filling: drop the oldest queued telemetry.
